@@ -1,0 +1,1 @@
+"""Built-in aggregator plugins (registered through the project's own entry points)."""
