@@ -118,19 +118,26 @@ class RaggedSets:
         return FaceSetBatch(feats.to(dtype), scatter(self.norms).to(dtype), mask, scatter(self.media, -1),
                             scatter(self.faceness), set_index)
 
-    def buckets(self, max_elements: int = 65536, max_sets: int = 4096) -> Iterator[Tensor]:
+    def buckets(self, max_elements: int = 65536, max_sets: int = 4096,
+                max_padding: float = 1.1) -> Iterator[Tensor]:
         """Yield groups of set positions of similar size, so padding stays small.
 
-        Sets are sorted by size; a bucket grows while ``count * largest <= max_elements``
-        (a single set larger than the budget forms its own bucket).
+        Sets are sorted by size; a bucket grows while ``count * largest <= max_elements`` and
+        its padded size stays within ``max_padding`` times its real rows (a single set larger
+        than the budget forms its own bucket).
         """
         sizes = self.sizes
         order = torch.argsort(sizes, stable=True).tolist()
         sizes_l = sizes.tolist()
         start = 0
         while start < len(order):
-            end = start + 1
-            while end < len(order) and end - start < max_sets and (end - start + 1) * sizes_l[order[end]] <= max_elements:
+            end, real = start + 1, sizes_l[order[start]]
+            while end < len(order) and end - start < max_sets:
+                nxt = sizes_l[order[end]]
+                padded = (end - start + 1) * nxt
+                if padded > max_elements or padded > max_padding * (real + nxt):
+                    break
+                real += nxt
                 end += 1
             yield torch.tensor(order[start:end], dtype=torch.int64)
             start = end

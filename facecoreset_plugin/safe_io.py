@@ -32,7 +32,6 @@ from typing import Any, Iterator
 from .errors import CheckpointError, UnsafeFileError
 
 _SAFE_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "bytearray": bytearray, "slice": slice}
-_NUMPY_NAMES = {"_reconstruct", "scalar", "ndarray", "dtype"}
 
 
 class OpaqueObject:
@@ -69,6 +68,11 @@ def _numpy_global(module: str, name: str) -> Any:
 
         core = getattr(numpy, "_core", None) or numpy.core
         return getattr(core.multiarray, name)
+    if module in {"numpy.core.numeric", "numpy._core.numeric"} and name == "_frombuffer":
+        import numpy
+
+        core = getattr(numpy, "_core", None) or numpy.core
+        return core.numeric._frombuffer
     if module == "numpy" and name in {"ndarray", "dtype"}:
         import numpy
 
@@ -93,6 +97,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.opaque_names: set[str] = set()
 
     def find_class(self, module: str, name: str) -> Any:
+        if module == "__builtin__":  # pickle protocol <= 2 names (what fix_imports maps)
+            module = "builtins"
         if (module, name) in self._extra:
             return self._extra[(module, name)]
         if module == "builtins" and name in _SAFE_BUILTINS:
