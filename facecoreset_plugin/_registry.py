@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["PluginInfo", "PluginRegistry", "GROUPS", "registry", "available", "refresh"]
 
 import importlib
+import importlib.metadata
 import importlib.util
 import threading
 import warnings
@@ -101,7 +102,7 @@ class PluginRegistry:
                 group=self.group,
                 target=f"{ep.module_name}:{ep.object_name}" if ep.object_name else ep.module_name,
                 distribution=getattr(dist, "name", None) or "?",
-                version=getattr(dist, "version", None) or "?",
+                version=getattr(dist, "version", None) or _installed_version(getattr(dist, "name", None)),
             )
             if not _module_findable(info.module):
                 warnings.warn(
@@ -115,7 +116,13 @@ class PluginRegistry:
         result: dict[str, PluginInfo] = {}
         for name, candidates in by_name.items():
             # identical declarations (same dist seen twice on the path) are not duplicates
-            unique = list({(c.target, c.distribution): c for c in candidates}.values())
+            # (an editable install is seen twice: its .egg-info in the source tree has no version)
+            unique_map: dict[tuple[str, str], PluginInfo] = {}
+            for c in candidates:
+                key = (c.target, _norm(c.distribution))
+                if key not in unique_map or unique_map[key].version == "?":
+                    unique_map[key] = c
+            unique = list(unique_map.values())
             winner = sorted(unique, key=lambda c: not c.is_builtin)[0]
             if len(unique) > 1:
                 losers = ", ".join(f"{c.target} ({c.distribution} {c.version})" for c in unique if c is not winner)
@@ -150,6 +157,16 @@ class PluginRegistry:
         with self._lock:
             self._loaded[name] = obj
         return obj
+
+
+def _installed_version(dist_name: str | None) -> str:
+    """Version from installed metadata (an .egg-info directory name carries none)."""
+    if not dist_name:
+        return "?"
+    try:
+        return importlib.metadata.version(dist_name)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 def _module_findable(module: str) -> bool:
