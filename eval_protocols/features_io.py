@@ -1,0 +1,165 @@
+"""Per-image feature files: FaceCoresetNet pickle, ``.npz`` and ``.safetensors``, one layout.
+
+Keys (all formats): ``img_feats`` [M,D] float32 unit rows (row i = line i of the meta files),
+``norms`` [M,1] or [M] float32 (the backbone's feature norms, the quality signal),
+``faceness_scores`` [M] float32 (optional detector scores). Rows that are not unit length are
+normalised and their length is taken as the norm when ``norms`` is absent.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ImageFeatures", "read_features", "write_features", "FEATURE_SUFFIXES"]
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from facecoreset_plugin.errors import InputError
+from facecoreset_plugin.safe_io import atomic_write, safe_pickle_load
+
+FEATURE_SUFFIXES = (".pkl", ".pickle", ".npz", ".safetensors")
+
+
+@dataclass
+class ImageFeatures:
+    """Per-image features aligned with the protocol's image list."""
+
+    features: np.ndarray  # [M,D] float32 unit rows
+    norms: np.ndarray  # [M] float32 feature norms (> 0)
+    faceness: np.ndarray | None = None  # [M] float32 detector scores, None when the file has none
+
+    @property
+    def num_images(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+
+def _load_mapping(path: Path) -> dict:
+    suffix = path.suffix.lower()
+    if suffix in (".pkl", ".pickle"):
+        obj = safe_pickle_load(path)  # refuses anything but containers and numpy arrays
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}: expected a dict with 'img_feats', 'norms', 'faceness_scores', got {type(obj).__name__}")
+        return obj
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except ValueError as exc:  # object arrays need pickle: refused
+            raise InputError(f"{path}: unreadable .npz ({exc}); save plain numeric arrays") from exc
+        except Exception as exc:  # zipfile.BadZipFile, OSError
+            raise InputError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from exc
+    if suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable .safetensors file ({type(exc).__name__}: {exc})") from exc
+    raise InputError(f"{path}: unsupported feature file suffix {suffix!r}; use one of {', '.join(FEATURE_SUFFIXES)}")
+
+
+def _as_array(obj: object, key: str, path: Path) -> np.ndarray:
+    if not isinstance(obj, np.ndarray) or obj.dtype.kind not in "fiu":
+        raise InputError(f"{path}: {key!r} must be a numeric array, got {type(obj).__name__}")
+    return obj
+
+
+def _bad_rows_message(path: Path, what: str, rows: np.ndarray) -> str:
+    shown = ", ".join(str(int(r)) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+    return (
+        f"{path}: {len(rows)} feature row(s) with {what} (0-based rows {shown}; row i is line i+1 of the "
+        "*_name_5pts_score.txt file). Re-extract those images (a failed crop or detector miss); the "
+        "runner never drops rows silently because that would misalign every later template."
+    )
+
+
+def read_features(path: str | Path, expected_rows: int | None = None) -> ImageFeatures:
+    """Read a feature file and check it.
+
+    Args:
+        path: ``.pkl`` (FaceCoresetNet), ``.npz`` or ``.safetensors``.
+        expected_rows: the number of images of the protocol, checked when given.
+
+    Raises:
+        InputError: missing file or key, wrong shapes, row-count mismatch, NaN/Inf or zero rows.
+        UnsafeFileError: a pickle that references anything but plain containers/numpy arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"feature file not found: {path} (looked in {path.resolve().parent}); check --features")
+    data = _load_mapping(path)
+    if "img_feats" not in data:
+        keys = ", ".join(map(repr, data)) or "none"
+        raise InputError(f"{path}: missing key 'img_feats' (keys found: {keys}); expected img_feats, norms, faceness_scores")
+    feats = _as_array(data["img_feats"], "img_feats", path)
+    if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] == 0:
+        raise InputError(f"{path}: 'img_feats' must be [M,D], got shape {feats.shape}")
+    feats = np.ascontiguousarray(feats, dtype=np.float32)
+    m = feats.shape[0]
+    if expected_rows is not None and m != expected_rows:
+        raise InputError(
+            f"{path}: {m} feature rows but the protocol lists {expected_rows} images; the features must "
+            "have one row per line of *_name_5pts_score.txt, in that order (wrong file or protocol?)"
+        )
+    finite = np.isfinite(feats).all(axis=1)
+    if not finite.all():
+        raise InputError(_bad_rows_message(path, "NaN or Inf", np.flatnonzero(~finite)))
+    lengths = np.sqrt(np.einsum("ij,ij->i", feats, feats, dtype=np.float64)).astype(np.float32)
+    zero = ~(lengths > 1e-12)
+    if zero.any():
+        raise InputError(_bad_rows_message(path, "zero length", np.flatnonzero(zero)))
+    if "norms" in data:
+        norms = _as_array(data["norms"], "norms", path)
+        if norms.ndim == 2 and norms.shape[1] == 1:
+            norms = norms[:, 0]
+        if norms.shape != (m,):
+            raise InputError(f"{path}: 'norms' must be [M] or [M,1] with M={m}, got shape {norms.shape}")
+        norms = np.ascontiguousarray(norms, dtype=np.float32)
+        bad = ~(np.isfinite(norms) & (norms > 0))
+        if bad.any():
+            raise InputError(_bad_rows_message(path, "a NaN, Inf, zero or negative norm", np.flatnonzero(bad)))
+    else:
+        norms = lengths
+    if np.abs(lengths - 1.0).max() > 1e-3:
+        feats /= lengths[:, None]
+    faceness = None
+    if "faceness_scores" in data:
+        faceness = np.asarray(_as_array(data["faceness_scores"], "faceness_scores", path), dtype=np.float32).reshape(-1)
+        if faceness.shape != (m,):
+            raise InputError(f"{path}: 'faceness_scores' must be [M] with M={m}, got shape {faceness.shape}")
+        if not np.isfinite(faceness).all():
+            raise InputError(_bad_rows_message(path, "NaN or Inf faceness", np.flatnonzero(~np.isfinite(faceness))))
+    return ImageFeatures(feats, norms, faceness)
+
+
+def write_features(path: str | Path, features: np.ndarray, norms: np.ndarray,
+                   faceness: np.ndarray | None = None) -> Path:
+    """Atomically write features as ``.npz`` or ``.safetensors`` (by suffix), in the read layout.
+
+    ``norms`` is stored as [M,1] (FaceCoresetNet's layout); ``faceness`` as ``faceness_scores``.
+    """
+    path = Path(path)
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    arrays = {"img_feats": features, "norms": np.ascontiguousarray(np.asarray(norms, np.float32).reshape(-1, 1))}
+    if faceness is not None:
+        arrays["faceness_scores"] = np.ascontiguousarray(np.asarray(faceness, np.float32).reshape(-1))
+    m = features.shape[0]
+    if arrays["norms"].shape[0] != m or ("faceness_scores" in arrays and arrays["faceness_scores"].shape[0] != m):
+        raise InputError(f"write_features: norms/faceness must have {m} rows like the features")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with atomic_write(path) as fh:
+            np.savez(fh, **arrays)
+    elif suffix == ".safetensors":
+        from safetensors.numpy import save
+
+        with atomic_write(path) as fh:
+            fh.write(save(arrays))
+    else:
+        raise InputError(f"write_features: unsupported suffix {suffix!r} for {path}; use .npz or .safetensors")
+    return path
