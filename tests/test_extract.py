@@ -108,6 +108,9 @@ def test_feature_file_matches_per_image_loop(ijb, tmp_path, flip):
     np.testing.assert_allclose(norms, ref_norms, rtol=1e-4)
     np.testing.assert_array_equal(face, ref_face)
     assert not (tmp_path / "feats.npz.parts").exists()
+    from eval_protocols.features_io import read_features  # the runner reads it as written
+
+    assert read_features(out, expected_rows=10).dim == 16
 
 
 def test_resume_after_a_kill_skips_finished_chunks(ijb, tmp_path):
@@ -193,6 +196,8 @@ def test_merge_of_chunks_written_by_two_ranks(tmp_path):
 def test_input_errors(tmp_path, ijb):
     with pytest.raises(InputError, match="ijbb_name_5pts_score.txt not found"):
         extract_features("ijbb", ijb, tiny_factory, None, tmp_path / "x.npz", workers=0, progress=False)
+    with pytest.raises(InputError, match=r"\.npz or \.safetensors"):
+        _run(ijb, tmp_path / "x.pkl")
     with pytest.raises(InputError, match="unknown IJB protocol"):
         extract_features("lfw", ijb, tiny_factory, None, tmp_path / "x.npz", workers=0, progress=False)
     (ijb / "IJBC" / "loose_crop" / "3.png").unlink()

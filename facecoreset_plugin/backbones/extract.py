@@ -86,7 +86,9 @@ def write_feature_file(output: Path, raw: np.ndarray, faceness: np.ndarray) -> P
     face = np.asarray(faceness, dtype=np.float32).reshape(-1)
     try:
         from eval_protocols.features_io import write_features
-    except ImportError:
+    except ImportError:  # the IJB runner is not installed: write its .npz layout directly
+        if output.suffix.lower() != ".npz":
+            raise InputError(f"{output}: without eval_protocols only .npz feature files can be written") from None
         with atomic_write(output) as fh:
             np.savez(fh, img_feats=feats, norms=norms_np, faceness_scores=face)
     else:
@@ -200,6 +202,8 @@ def extract_features(
     if workers < 0:
         raise InputError(f"workers must be >= 0, got {workers}")
     output = Path(output)
+    if output.suffix.lower() not in (".npz", ".safetensors"):
+        raise InputError(f"--output {output}: the feature file must end in .npz or .safetensors")
     config = dict(backbone_config or {})
     images = read_5pts(protocol, data_root)
     n = len(images.names)
