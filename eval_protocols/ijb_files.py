@@ -289,42 +289,54 @@ def read_1n_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 # --- fast writers (used by the synthetic protocol) ----------------------------------
 
-def format_int_table(columns: list[np.ndarray]) -> bytes:
-    """Format non-negative integer columns as space-separated lines (vectorised, no Python loop per line)."""
+def format_int_table(columns: list[np.ndarray], seps: list[bytes] | None = None,
+                     min_widths: list[int] | None = None) -> bytes:
+    """Format non-negative integer columns as text lines, vectorised (no Python loop per line).
+
+    Args:
+        columns: equal-length integer arrays.
+        seps: bytes written after each column (default: a space, and a newline after the last).
+        min_widths: zero-padded minimum digit counts per column (default 1).
+    """
     cols = [np.asarray(c, dtype=np.int64).ravel() for c in columns]
+    seps = seps or [b" "] * (len(cols) - 1) + [b"\n"]
+    min_widths = min_widths or [1] * len(cols)
     n = len(cols[0])
     if n == 0:
         return b""
-    if any(len(c) != n for c in cols) or any(int(c.min()) < 0 for c in cols):
-        raise ValueError("columns must have equal lengths and non-negative values")
+    if any(len(c) != n for c in cols) or any(int(c.min()) < 0 for c in cols) or len(seps) != len(cols):
+        raise ValueError("columns must have equal lengths and non-negative values, with one separator each")
     widths = []
-    for c in cols:
+    for c, mw in zip(cols, min_widths):
         w = np.ones(n, dtype=np.int64)
         for k in range(1, 19):
             more = c >= 10 ** k
             if not more.any():
                 break
             w += more
-        widths.append(w)
-    line_len = sum(widths) + len(cols)
+        widths.append(np.maximum(w, mw))
+    line_len = sum(widths) + sum(len(s) for s in seps)
     ends = np.cumsum(line_len)
-    buf = np.full(int(ends[-1]), 32, dtype=np.uint8)
-    buf[ends - 1] = 10
+    buf = np.full(int(ends[-1]), 48, dtype=np.uint8)  # '0' pads the zero-padded columns
     pos = ends - line_len
-    for c, w in zip(cols, widths):
+    for c, w, sep in zip(cols, widths, seps):
         last = pos + w - 1
         v = c.copy()
         for k in range(int(w.max())):
             active = w > k
             buf[(last - k)[active]] = (48 + v[active] % 10).astype(np.uint8)
             v //= 10
-        pos = pos + w + 1
+        for j, byte in enumerate(sep):
+            buf[pos + w + j] = byte
+        pos = pos + w + len(sep)
     return buf.tobytes()
 
 
-def write_int_table(path: str | Path, columns: list[np.ndarray], chunk: int = 2_000_000) -> None:
-    """Atomically write integer columns as a space-separated text file."""
+def write_int_table(path: str | Path, columns: list[np.ndarray], seps: list[bytes] | None = None,
+                    min_widths: list[int] | None = None, header: bytes = b"", chunk: int = 2_000_000) -> None:
+    """Atomically write integer columns as a text file (see :func:`format_int_table`)."""
     n = len(columns[0])
     with atomic_write(path) as fh:
+        fh.write(header)
         for start in range(0, n, chunk):
-            fh.write(format_int_table([np.asarray(c)[start:start + chunk] for c in columns]))
+            fh.write(format_int_table([np.asarray(c)[start:start + chunk] for c in columns], seps, min_widths))
