@@ -13,7 +13,8 @@ Rules at a target FAR ``f``:
 * ``nearest`` (published IJB tables): on the sklearn curve, the point whose FPR is nearest ``f``
   (it may lie above ``f``); ties go to the later point, i.e. the largest TPR.
 * ``strict``: the largest TPR over all thresholds whose FPR is at or below ``f``; the achieved
-  FPR, false-accept count and threshold (accept when ``score >= threshold``) come with it.
+  FPR, false-accept count and threshold (accept when ``score >= threshold``) come with it, taken
+  at the highest threshold that reaches that TPR (fewest false accepts).
 """
 
 from __future__ import annotations
@@ -221,6 +222,7 @@ class _Curves:
         fps, tps, thr = _clf_counts(s, y)
         keep = _keep_corners(fps, tps)
         self.full_fpr, self.full_tpr, self.full_thr, self.full_fps = _finish_curve(fps, tps, thr)
+        self.full_tps = np.concatenate([[0], tps])
         self.fpr, self.tpr, self.thr, _ = _finish_curve(fps[keep], tps[keep], thr[keep])
 
     def nearest(self, far: float) -> dict[str, float]:
@@ -229,6 +231,8 @@ class _Curves:
 
     def strict(self, far: float) -> dict[str, Any]:
         i = _strict_index(self.full_fpr, far)
+        # of the thresholds reaching that TPR, report the highest one (fewest false accepts)
+        i = int(np.searchsorted(self.full_tps, self.full_tps[i], side="left"))
         return {
             "tar": float(self.full_tpr[i]),
             "fpr": float(self.full_fpr[i]),
