@@ -69,10 +69,10 @@ class SyntheticConfig:
 
     seed: int = 0  # world seed: identities, qualities, features, pairs
     layout: str = "ijbc"  # file layout to write: "ijbc" (galleries G1/G2) or "ijbb" (S1/S2)
-    num_subjects: int = 600  # subjects; each has one gallery template
-    num_probe_templates: int = 3000  # probe templates (1:1 right side, 1:N probes)
-    num_images: int = 60_000  # images over all templates (exact)
-    num_pairs: int = 600_000  # 1:1 pairs: one genuine per probe, the rest impostors (exact)
+    num_subjects: int = 400  # subjects; each has one gallery template
+    num_probe_templates: int = 2000  # probe templates (1:1 right side, 1:N probes)
+    num_images: int = 30_000  # images over all templates (exact)
+    num_pairs: int = 300_000  # 1:1 pairs: one genuine per probe, the rest impostors (exact)
     dim: int = 512  # feature width
     num_clusters: int = 48  # look-alike groups of identities
     cluster_weight: float = 0.45  # share of a subject centre that comes from its cluster centre
