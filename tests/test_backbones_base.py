@@ -75,3 +75,22 @@ def test_load_weights_prefixes_and_errors(tmp_path):
     assert torch.equal(dst.fc.weight, src.fc.weight)
     with pytest.raises(CheckpointError, match="missing keys: conv.bias, conv.weight, fc.bias, fc.weight"):
         load_weights(Tiny(), {"other.weight": torch.zeros(1)})
+
+
+def _registered():
+    from facecoreset_plugin import available
+
+    return [("timm:resnet18" if n == "timm" else n) for n in available("backbones")]
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_every_registered_backbone_keeps_the_contract(name):
+    from facecoreset_plugin import load_backbone
+
+    net = load_backbone(name)
+    assert isinstance(net, Backbone) and not net.training
+    assert net.preprocess.input_size == 112 and net.preprocess.channel_order in ("RGB", "BGR")
+    with torch.no_grad():
+        unit, norm = net(net.prepare(_images(2)))
+    assert unit.shape == (2, net.embedding_dim) and norm.shape == (2, 1)
+    torch.testing.assert_close(unit.norm(dim=1), torch.ones(2))

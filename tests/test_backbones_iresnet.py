@@ -74,7 +74,7 @@ def test_ir18_matches_functional_reference():
     torch.testing.assert_close(unit.norm(dim=1), torch.ones(2))
 
 
-@pytest.mark.parametrize("depth", [18, 34, 50, 101])
+@pytest.mark.parametrize("depth", [18, 101])
 def test_adaface_key_layout(depth):
     net = load_backbone(f"ir_{depth}")
     sd = net.state_dict()

@@ -209,3 +209,45 @@ def test_input_errors(tmp_path, ijb):
         _run(ijb, tmp_path / "y.npz")
     with pytest.raises(InputError, match="CUDA is not available|not a torch device"):
         _run(make_ijb(tmp_path / "d2"), tmp_path / "z.npz", device="cuda" if not torch.cuda.is_available() else "nope")
+
+
+def _rank_main(rank: int, world: int, port: int, root: str, out: str, log: str) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    done: list[int] = []
+    extract_features("ijbc", root, tiny_factory, None, out, batch_size=2, workers=0, progress=False,
+                     chunk_size=2, on_chunk_written=done.append)
+    with open(f"{log}.{rank}", "w") as fh:
+        fh.write(" ".join(map(str, done)))
+
+
+def test_two_gloo_ranks_share_chunks_and_rank0_merges(ijb, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp.npz"
+    mp.start_processes(_rank_main, args=(2, port, str(ijb), str(out), str(tmp_path / "log")), nprocs=2,
+                       join=True, start_method="spawn")
+    assert (tmp_path / "log.0").read_text() == "0 2 4"  # round-robin shards of the 5 chunks
+    assert (tmp_path / "log.1").read_text() == "1 3"
+    ref, norms, face = reference_features(ijb)
+    with np.load(out) as f:
+        np.testing.assert_allclose(f["img_feats"], ref, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(f["norms"], norms, rtol=1e-4)
+        np.testing.assert_array_equal(f["faceness_scores"], face)
+
+
+def test_amp_on_cpu_stays_close_to_float32(ijb, tmp_path):
+    full = _run(ijb, tmp_path / "fp32.npz", chunk_size=10)
+    half = _run(ijb, tmp_path / "amp.npz", chunk_size=10, amp=True)
+    with np.load(full) as a, np.load(half) as b:
+        cos = (a["img_feats"] * b["img_feats"]).sum(1)
+        assert cos.min() > 0.99
+        np.testing.assert_allclose(a["norms"], b["norms"], rtol=0.05)
