@@ -46,6 +46,10 @@ def _load_mapping(path: Path) -> dict:
             raise InputError(f"{path}: expected a dict with 'img_feats', 'norms', 'faceness_scores', got {type(obj).__name__}")
         return obj
     if suffix == ".npz":
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            raise InputError(f"{path}: not a readable .npz file (not a zip archive); re-save it with numpy.savez")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
