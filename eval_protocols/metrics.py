@@ -138,7 +138,7 @@ def _clf_counts(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
 
     Returns:
         fps, tps: [M] int64 counts of impostor/genuine scores ``>=`` each threshold;
-        thresholds: [M] the distinct scores, descending, in float64.
+        thresholds: [M] the distinct scores, descending (a view, in the scores' dtype).
     """
     n = scores.size
     asc = np.sort(scores)  # values only: much cheaper than an argsort
@@ -153,14 +153,17 @@ def _clf_counts(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     per_value = np.bincount(slot, minlength=distinct.size)
     tps = np.cumsum(per_value[::-1])
     fps = (n - starts[::-1]) - tps
-    return fps, tps, distinct[::-1].astype(np.float64)
+    return fps, tps, distinct[::-1]
 
 
 def _keep_corners(fps: np.ndarray, tps: np.ndarray) -> np.ndarray:
     """sklearn's ``drop_intermediate``: keep the ends and every point where the curve bends."""
     keep = np.ones(fps.size, dtype=bool)
-    if fps.size > 2:
-        keep[1:-1] = (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0)
+    if fps.size > 2:  # a non-zero second difference of fps or tps, from one first difference each
+        step = np.diff(fps)
+        np.not_equal(step[1:], step[:-1], out=keep[1:-1])
+        step = np.diff(tps)
+        keep[1:-1] |= step[1:] != step[:-1]
     return keep
 
 
@@ -170,7 +173,7 @@ def _finish_curve(
     """Prepend the (0, 0, inf) point; return fpr, tpr (float64), thresholds and the fps counts."""
     fps = np.concatenate([[0], fps])
     tps = np.concatenate([[0], tps])
-    thresholds = np.concatenate([[np.inf], thresholds])
+    thresholds = np.concatenate([[np.inf], thresholds.astype(np.float64)])
     return fps / float(fps[-1]), tps / float(tps[-1]), thresholds, fps
 
 
@@ -206,37 +209,45 @@ def _nearest_index(fpr: np.ndarray, far: float) -> int:
     return int(np.flatnonzero(dist == dist.min())[-1])
 
 
-def _strict_index(fpr: np.ndarray, far: float) -> int:
-    """Index of the last point (largest TPR) with FPR <= ``far`` (the curve is monotone)."""
-    return int(np.searchsorted(fpr, far, side="right")) - 1
+def _max_false_accepts(far: float, num_impostor: int) -> int:
+    """Largest count ``fa`` with ``fa / num_impostor <= far`` in float64, as the FPR is reported."""
+    fa = min(math.floor(far * num_impostor), num_impostor)
+    while fa < num_impostor and (fa + 1) / num_impostor <= far:
+        fa += 1
+    while fa > 0 and fa / num_impostor > far:
+        fa -= 1
+    return fa
 
 
 class _Curves:
-    """The sklearn curve and the full curve of one score set, from a single sort."""
+    """The sklearn curve (rates) and the full curve (counts only) of one score set, from one sort."""
 
     def __init__(self, scores: Tensor, labels: Tensor) -> None:
         s, y = _to_numpy(scores, labels)
         self.num_genuine = int(np.count_nonzero(y))
         self.num_impostor = y.size - self.num_genuine
         _check_both_classes(self.num_genuine, self.num_impostor)
-        fps, tps, thr = _clf_counts(s, y)
-        keep = _keep_corners(fps, tps)
-        self.full_fpr, self.full_tpr, self.full_thr, self.full_fps = _finish_curve(fps, tps, thr)
-        self.full_tps = np.concatenate([[0], tps])
-        self.fpr, self.tpr, self.thr, _ = _finish_curve(fps[keep], tps[keep], thr[keep])
+        self.full_fps, self.full_tps, self.full_thr = _clf_counts(s, y)  # without the (0, 0, inf) point
+        keep = _keep_corners(self.full_fps, self.full_tps)
+        self.fpr, self.tpr, self.thr, _ = _finish_curve(self.full_fps[keep], self.full_tps[keep], self.full_thr[keep])
 
     def nearest(self, far: float) -> dict[str, float]:
         i = _nearest_index(self.fpr, far)
         return {"tar": float(self.tpr[i]), "fpr": float(self.fpr[i]), "threshold": float(self.thr[i])}
 
     def strict(self, far: float) -> dict[str, Any]:
-        i = _strict_index(self.full_fpr, far)
+        # points with FPR <= far: the first k of the curve (fps never decreases)
+        k = int(np.searchsorted(self.full_fps, _max_false_accepts(far, self.num_impostor), side="right"))
+        genuine = int(self.full_tps[k - 1]) if k else 0
+        if genuine == 0:  # nothing to gain: accept nothing
+            return {"tar": 0.0, "fpr": 0.0, "false_accepts": 0, "threshold": math.inf}
         # of the thresholds reaching that TPR, report the highest one (fewest false accepts)
-        i = int(np.searchsorted(self.full_tps, self.full_tps[i], side="left"))
+        i = int(np.searchsorted(self.full_tps, genuine, side="left"))
+        false_accepts = int(self.full_fps[i])
         return {
-            "tar": float(self.full_tpr[i]),
-            "fpr": float(self.full_fpr[i]),
-            "false_accepts": int(self.full_fps[i]),
+            "tar": genuine / self.num_genuine,
+            "fpr": false_accepts / self.num_impostor,
+            "false_accepts": false_accepts,
             "threshold": float(self.full_thr[i]),
         }
 
