@@ -1,0 +1,98 @@
+"""`facecoreset eval` end to end through facecoreset_plugin.cli.main; user errors exit 2 with one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval_protocols.cli import parse_checkpoints
+from eval_protocols.synthetic import SyntheticConfig, generate_protocol
+from facecoreset_plugin.cli import main
+from facecoreset_plugin.errors import InputError
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    return root, generate_protocol(root, SyntheticConfig.preset("tiny"), progress=False)
+
+
+def test_synthetic_default_end_to_end(tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["eval", "--preset", "tiny", "--output", str(out), "--no-progress", "--no-plots"])
+    assert rc == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["protocol"] == "synthetic"
+    assert {"mean", "quality_weighted", "media_fusion"} <= set(doc["aggregators"])
+    stdout = capsys.readouterr().out
+    assert "quality_weighted" in stdout and "results.json" in stdout
+
+
+def test_ijbc_with_features(tree, tmp_path):
+    root, feats = tree
+    out = tmp_path / "o"
+    rc = main(["eval", "--protocol", "ijbc", "--data-root", str(root), "--features", str(feats), "--aggregators",
+               "mean,quality_weighted", "--output", str(out), "--far-rule", "strict", "--no-progress"])
+    assert rc == 0
+    doc = json.loads((out / "results.json").read_text())
+    assert list(doc["aggregators"]) == ["mean", "quality_weighted"] and doc["far_rule"] == "strict"
+    assert set(doc["aggregators"]["mean"]["identification"]) == {"G1", "G2", "mean"}
+    assert (out / "roc.png").is_file() and (out / "dir.png").is_file() and (out / "scores.npz").is_file()
+
+
+def _error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("facecoreset eval: error: ")
+    return err[0]
+
+
+def test_user_errors_exit_2_with_one_line(tree, tmp_path, capsys):
+    root, feats = tree
+    base = ["eval", "--protocol", "ijbc", "--data-root", str(root), "--output", str(tmp_path / "o"), "--no-progress"]
+    assert main(base + ["--features", str(feats), "--aggregators", "mean,nope"]) == 2
+    assert "unknown aggregator(s) 'nope'; available:" in _error_line(capsys)
+    assert main(base + ["--features", str(tmp_path / "missing.npz"), "--aggregators", "mean"]) == 2
+    assert "missing.npz (looked in" in _error_line(capsys)
+    assert main(base + ["--aggregators", "mean"]) == 2
+    assert "needs --features FILE, or --backbone" in _error_line(capsys)
+    assert main(["eval", "--protocol", "ijbc", "--aggregators", "mean", "--no-progress"]) == 2
+    assert "needs --data-root" in _error_line(capsys)
+    assert main(base + ["--features", str(feats), "--aggregators", "mean", "--checkpoint", "x.ckpt"]) == 2
+    assert "needs --backbone" in _error_line(capsys)
+    assert main(base + ["--features", str(feats), "--aggregators", "mean", "--checkpoint", "mean=none.ckpt"]) == 2
+    assert "file not found" in _error_line(capsys)
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_malformed_pair_line_names_file_and_line(tree, tmp_path, capsys):
+    import shutil
+
+    root, feats = tree
+    shutil.copytree(root / "IJBC", tmp_path / "IJBC")
+    pairs = tmp_path / "IJBC/meta/ijbc_template_pair_label.txt"
+    lines = pairs.read_text().splitlines()
+    lines[41] = lines[41] + " 7"
+    pairs.write_text("\n".join(lines) + "\n")
+    rc = main(["eval", "--protocol", "ijbc", "--data-root", str(tmp_path), "--features", str(feats),
+               "--aggregators", "mean", "--output", str(tmp_path / "o"), "--no-progress"])
+    assert rc == 2
+    assert f"{pairs}:42: malformed line" in _error_line(capsys)
+
+
+def test_cuda_unavailable_is_a_user_error(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["eval", "--preset", "tiny", "--device", "cuda", "--no-progress"]) == 2
+    assert "CUDA is not available" in _error_line(capsys)
+
+
+def test_parse_checkpoints(tmp_path):
+    assert parse_checkpoints(["a=x.ckpt,b=y.ckpt", "bb.pt"]) == ({"a": "x.ckpt", "b": "y.ckpt"}, "bb.pt")
+    weird = tmp_path / "w=1.pt"
+    weird.write_bytes(b"")
+    assert parse_checkpoints([str(weird)]) == ({}, str(weird))
+    with pytest.raises(InputError, match="two entries without NAME="):
+        parse_checkpoints(["a.pt", "b.pt"])
