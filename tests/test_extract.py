@@ -251,3 +251,16 @@ def test_amp_on_cpu_stays_close_to_float32(ijb, tmp_path):
         cos = (a["img_feats"] * b["img_feats"]).sum(1)
         assert cos.min() > 0.99
         np.testing.assert_allclose(a["norms"], b["norms"], rtol=0.05)
+
+
+class NanNet(TinyNet):
+    def embed(self, images):
+        out = super().embed(images)  # e.g. a float16 overflow
+        return out * float("nan")
+
+
+def test_non_finite_embeddings_are_refused(ijb, tmp_path):
+    with pytest.raises(InputError, match=r"NaN/Inf/zero embeddings, first row \d+ \(.*\.png\)"):
+        extract_features("ijbc", ijb, lambda checkpoint=None: NanNet().eval(), None, tmp_path / "n.npz",
+                         workers=0, progress=False)
+    assert not (tmp_path / "n.npz").exists()

@@ -251,7 +251,16 @@ def extract_features(
                         total=sum(bounds[c][1] - bounds[c][0] for c in mine))
         _barrier(world)
         if rank == 0:
-            write_feature_file(output, merge_chunks(parts, bounds), images.faceness)
+            raw = merge_chunks(parts, bounds)
+            bad = np.flatnonzero(~np.isfinite(raw).all(axis=1) | ~(np.abs(raw).sum(axis=1) > 0))
+            if len(bad):
+                first = int(bad[0])
+                raise InputError(
+                    f"{len(bad)} image(s) got NaN/Inf/zero embeddings, first row {first} "
+                    f"({images.image_dir / images.names[first]}); without --amp this may go away, else "
+                    f"check the checkpoint; delete {parts} to recompute"
+                )
+            write_feature_file(output, raw, images.faceness)
             _write_json(sidecar, settings)
             shutil.rmtree(parts, ignore_errors=True)
         _barrier(world)
