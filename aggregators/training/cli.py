@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     h.add_argument("--scale", type=float, default=48.0, help="logit scale s (default 48)")
     v = p.add_argument_group("model selection (never the test protocol)")
     v.add_argument("--val-fraction", type=float, default=0.1, help="identities of the bank held out for validation (default 0.1; 0 = none)")
+    v.add_argument("--val-templates", type=int, default=4, help="held-out bank: templates per identity (default 4)")
     v.add_argument("--val-far", type=float, default=1e-4, help="best.ckpt maximises TAR at this FAR (default 1e-4)")
     v.add_argument("--val-protocol", help="validate on this registered protocol instead (e.g. synthetic)")
     v.add_argument("--val-data-root", metavar="DIR", help="data root of --val-protocol")
@@ -174,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
     model = cls.from_checkpoint(args.init, **options) if args.init else cls(**options)
     validator = None
     if args.val_protocol:
-        load_kwargs = {k: v for k, v in (("data_root", args.val_data_root), ("features", args.val_features)) if v}
+        load_kwargs: dict[str, Any] = {k: v for k, v in (("data_root", args.val_data_root),
+                                                          ("features", args.val_features)) if v}
+        load_kwargs["progress"] = False
         if info.is_main:
             validator = ProtocolValidator(args.val_protocol, args.val_far, load_kwargs,
                                           parse_options(args.val_option, "--val-option"))
@@ -183,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
         train_bank, val_bank = split_identities(bank, args.val_fraction, seed=cfg.seed)
         if val_bank is not None and info.is_main:
             sampler = dataclasses.replace(cfg.sampler, sets_per_batch=1)
-            validator = BankValidator(val_bank, sampler, ValidationConfig(select_far=args.val_far))
+            validator = BankValidator(val_bank, sampler, ValidationConfig(templates_per_identity=args.val_templates,
+                                                                        select_far=args.val_far))
     if validator is None and args.val_fraction == 0 and not args.val_protocol and info.is_main:
         print("facecoreset train: no validation (--val-fraction 0): best.ckpt is the last step")
     provenance = {"aggregator": args.aggregator, "bank": str(bank_path), "bank_images": bank.num_images,

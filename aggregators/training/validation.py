@@ -28,7 +28,7 @@ class ValidationConfig:
     """Held-out bank validation options."""
 
     templates_per_identity: int = 4  # templates drawn per held-out identity
-    fars: tuple[float, ...] = (1e-4, 1e-3, 1e-2)  # FARs reported (strict rule: FPR <= FAR)
+    fars: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2)  # FARs reported (strict rule: FPR <= FAR)
     select_far: float = 1e-4  # the FAR whose TAR selects best.ckpt
     seed: int = 12345  # fixes the held-out templates across runs and resumes
 
@@ -115,7 +115,10 @@ class ProtocolValidator:
         was_training = model.training
         model.eval()
         try:
-            results = evaluate(self.data, {"model": model}, device=device)
+            from eval_protocols.metrics import FARS
+
+            fars = sorted(set(FARS) | {self.select_far})
+            results = evaluate(self.data, {"model": model}, device=device, fars=fars, progress=False)
         finally:
             model.train(was_training)
         table = results["model"]["verification"]["tar_at_far"]["strict"]
