@@ -215,13 +215,13 @@ def extract_features(
     rank, world, local_rank = _dist_info()
 
     if output.exists():
-        if _read_json(sidecar) == settings:
+        made_by = _read_json(sidecar)
+        if made_by == settings:
             return output
         if not overwrite:
-            raise InputError(
-                f"{output} exists but was not made by this extraction (see {sidecar.name}); "
-                "choose another --output or pass --overwrite"
-            )
+            why = (f"it was made with other {', '.join(sorted(k for k in settings if made_by.get(k) != settings[k]))}"
+                   if made_by else f"it has no {sidecar.name} record")
+            raise InputError(f"{output} exists but {why}; choose another --output or pass --overwrite")
     previous = _read_json(parts / SETTINGS_FILE)
     stale = parts.exists() and previous != settings
     if stale and not overwrite and previous is not None:
