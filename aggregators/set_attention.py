@@ -9,13 +9,27 @@ exact up to rounding and costs about ``K*heads*D`` multiply-adds per set element
 
 from __future__ import annotations
 
-__all__ = ["AttentionWeights", "self_attention", "folded_cross_attention"]
+__all__ = ["AttentionWeights", "per_head_matmul", "self_attention", "folded_cross_attention"]
 
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def per_head_matmul(a: Tensor, w: Tensor) -> Tensor:
+    """``out[m, h] = a[m, h] @ w[h]`` for ``a [M,H,e]`` and ``w [H,e,d]`` -> ``[M,H,d]``.
+
+    Without autograd it writes each head's GEMM straight into the output (no permute copies).
+    """
+    if torch.is_grad_enabled() and (a.requires_grad or w.requires_grad):
+        return torch.einsum("mhe,hed->mhd", a, w)
+    w = w.to(a.dtype)
+    out = a.new_empty(a.shape[0], w.shape[0], w.shape[2])
+    for h in range(w.shape[0]):
+        torch.matmul(a[:, h], w[h], out=out[:, h])
+    return out
 
 
 class AttentionWeights(NamedTuple):
@@ -64,14 +78,14 @@ def folded_cross_attention(q: Tensor, keys: Tensor, values: Tensor, key_mask: Te
     wq, wk, wv = w.in_proj_weight.chunk(3, dim=0)
     bq, _, bv = w.in_proj_bias.chunk(3, dim=0)
     qh = F.linear(q, wq, bq).view(b, k, heads, dh)
-    folded = torch.einsum("bkhe,hed->bkhd", qh * dh ** -0.5, wk.view(heads, dh, d)).reshape(b, k * heads, d)
+    folded = per_head_matmul((qh * dh ** -0.5).view(b * k, heads, dh), wk.view(heads, dh, d)).reshape(b, k * heads, d)
     scores = torch.bmm(folded.to(keys.dtype), keys.transpose(1, 2))  # [B,K*H,N]
     scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
     p = torch.softmax(scores, dim=-1)
     if training and dropout > 0:
         p = F.dropout(p, dropout, training=True)
-    z = torch.bmm(p.to(values.dtype), values).view(b, k, heads, d)
-    out = torch.einsum("bkhd,hed->bkhe", z, wv.view(heads, dh, d).to(z.dtype))
+    z = torch.bmm(p.to(values.dtype), values).view(b * k, heads, d)
+    out = per_head_matmul(z, wv.view(heads, dh, d).transpose(1, 2)).reshape(b, k, heads, dh)
     if training and dropout > 0:
         out = out + bv.view(heads, dh) * p.sum(-1).view(b, k, heads, 1).to(out.dtype)
     else:

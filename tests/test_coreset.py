@@ -281,3 +281,19 @@ def test_foreign_files_get_clear_errors(tmp_path):
                 "config": dataclasses.asdict(model.config), "state_dict": state}, path)
     with pytest.raises(CheckpointError, match="missing keys: norm2.bias"):
         load("coreset_attention", checkpoint=str(path))
+
+
+def test_ragged_input_errors_name_the_rows():
+    model = _model(CoresetFPSAggregator)
+    f = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    n = torch.rand(6) + 1
+    f[4, 2] = float("nan")
+    with pytest.raises(InputError, match=r"flat rows \[4\]"):
+        model.aggregate_ragged(RaggedSets(f, n, torch.tensor([0, 2, 6])))
+    f[4, 2] = 0.0
+    n[1] = -1.0
+    with pytest.raises(InputError, match=r"norms must be >= 0.*\[1\]"):
+        model.aggregate_ragged(RaggedSets(f, n, torch.tensor([0, 2, 6])))
+    n[1] = 1.0
+    with pytest.raises(InputError, match=r"empty sets at positions \[1\]"):
+        model.aggregate_ragged(RaggedSets(f, n, torch.tensor([0, 2, 2, 6])))
