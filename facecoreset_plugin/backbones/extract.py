@@ -84,15 +84,9 @@ def write_feature_file(output: Path, raw: np.ndarray, faceness: np.ndarray) -> P
     feats = unit.numpy().astype(np.float32)
     norms_np = norms.numpy().astype(np.float32)
     face = np.asarray(faceness, dtype=np.float32).reshape(-1)
-    try:
-        from eval_protocols.features_io import write_features
-    except ImportError:  # the IJB runner is not installed: write its .npz layout directly
-        if output.suffix.lower() != ".npz":
-            raise InputError(f"{output}: without eval_protocols only .npz feature files can be written") from None
-        with atomic_write(output) as fh:
-            np.savez(fh, img_feats=feats, norms=norms_np, faceness_scores=face)
-    else:
-        write_features(output, feats, norms_np, face)
+    from eval_protocols.features_io import write_features
+
+    write_features(output, feats, norms_np, face)
     return output
 
 

@@ -37,40 +37,16 @@ def ijb_paths(protocol: str, data_root: str | Path) -> tuple[Path, Path]:
     return base / "meta" / f"{key}_name_5pts_score.txt", base / "loose_crop"
 
 
-def _parse_5pts(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    names: list[str] = []
-    rows: list[list[float]] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 12:
-                raise InputError(
-                    f"{path}:{lineno}: expected 12 columns 'image x1 y1 ... x5 y5 faceness', got {len(parts)}"
-                )
-            try:
-                rows.append([float(v) for v in parts[1:]])
-            except ValueError as exc:
-                raise InputError(f"{path}:{lineno}: non-numeric landmark or score ({exc})") from exc
-            names.append(parts[0])
-    values = np.asarray(rows, dtype=np.float32).reshape(-1, 11)
-    return names, values[:, :10].reshape(-1, 5, 2), values[:, 10].copy()
-
-
 def read_5pts(protocol: str, data_root: str | Path) -> IJBImages:
-    """Read ``ijb?_name_5pts_score.txt`` (the runner's parser when installed) and check the image folder."""
+    """Read ``ijb?_name_5pts_score.txt`` with the IJB runner's strict parser and check the image folder."""
     meta, image_dir = ijb_paths(protocol, data_root)
     if not meta.is_file():
         raise InputError(f"{meta} not found; --data-root must hold {meta.parent.parent.name}/meta/{meta.name}")
     if not image_dir.is_dir():
         raise InputError(f"{image_dir} not found; the loose crops must be in {image_dir}")
-    try:
-        from eval_protocols.ijb_files import read_name_5pts_score
-    except ImportError:
-        names, lm, faceness = _parse_5pts(meta)
-    else:
-        names, lm, faceness = read_name_5pts_score(meta)
+    from eval_protocols.ijb_files import read_name_5pts_score
+
+    names, lm, faceness = read_name_5pts_score(meta)
     if not names:
         raise InputError(f"{meta}: no images listed")
     return IJBImages(image_dir, list(names), np.asarray(lm, np.float32), np.asarray(faceness, np.float32))
