@@ -94,3 +94,23 @@ def test_torchrun_two_cpu_processes_agree(tmp_path):
     ex = read_checkpoint(out / "last.ckpt")["extra"]
     assert ex["step"] == 6 and ex["provenance"]["world_size"] == 2
     load("coreset_attention", checkpoint=str(out / "best.ckpt"))
+
+
+def test_train_from_an_image_folder_with_a_frozen_registered_backbone(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        (tmp_path / "imgs" / f"id{i}").mkdir(parents=True)
+        for j in range(1):
+            Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"id{i}" / f"{j}.jpg")
+    out = tmp_path / "run"
+    assert main(["train", "coreset_attention", "--train-images", str(tmp_path / "imgs"), "--backbone", "ir_18",
+                 "--output", str(out), "--steps", "1", "--batch-sets", "3", "--max-set", "3", "--val-fraction", "0",
+                 "--eval-every", "1", "--no-progress"]) == 0
+    from aggregators.training.bank import load_bank
+
+    bank = load_bank(out / "train_bank.npz")
+    assert bank.features.shape == (3, 2, 512) and bank.num_classes == 3
+    assert read_checkpoint(out / "last.ckpt")["extra"]["step"] == 1

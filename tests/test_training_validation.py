@@ -56,3 +56,18 @@ def test_bank_validator_is_deterministic_and_ranks_aggregators():
     for far in (1e-3, 1e-2):
         assert qw[far_key(far)] == pytest.approx(tpr[fpr <= far].max(), abs=1.5 / sum(same))
     assert set(qw) == {far_key(f) for f in (1e-5, 1e-4, 1e-3, 1e-2)}
+
+
+def test_protocol_validator_reports_the_runner_strict_tar_and_keeps_training_mode(tmp_path):
+    from eval_protocols.runner import evaluate
+
+    from aggregators.training.validation import ProtocolValidator
+
+    val = ProtocolValidator("synthetic", 1e-2, {"data_root": tmp_path, "progress": False},
+                            {"preset": "tiny", "seed": 3})
+    model = QualityWeightedAggregator().train()
+    out = val(model)
+    assert model.training and val.metric == "tar@far=1e-02"
+    ref = evaluate(val.data, {"q": QualityWeightedAggregator()}, progress=False)["q"]["verification"]
+    assert out[val.metric] == ref["tar_at_far"]["strict"]["0.01"]
+    assert out[far_key(1e-3)] == ref["tar_at_far"]["strict"]["0.001"]

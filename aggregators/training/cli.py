@@ -178,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         load_kwargs: dict[str, Any] = {k: v for k, v in (("data_root", args.val_data_root),
                                                           ("features", args.val_features)) if v}
         load_kwargs["progress"] = False
+        _warn_if_test_protocol(args)
         if info.is_main:
             validator = ProtocolValidator(args.val_protocol, args.val_far, load_kwargs,
                                           parse_options(args.val_option, "--val-option"))
@@ -208,6 +209,18 @@ def run(args: argparse.Namespace) -> int:
         path = export_checkpoint(output / "best.ckpt", args.export, dtype=dtype)
         print(f"facecoreset train: exported {path} ({path.stat().st_size / 1e6:.1f} MB, {args.export_dtype})")
     return 0
+
+
+def _warn_if_test_protocol(args: argparse.Namespace) -> None:
+    """Model selection on a benchmark you then report is test-set tuning: say so."""
+    import sys
+
+    opts = parse_options(args.val_option, "--val-option")
+    if args.val_protocol in ("ijbb", "ijbc") or (args.val_protocol == "synthetic" and "seed" not in opts):
+        print(f"facecoreset train: warning: validating on {args.val_protocol!r}"
+              f"{' with its default seed' if args.val_protocol == 'synthetic' else ''}, which `facecoreset eval` "
+              "reports as a test result; select on a different protocol/seed to keep the test held out",
+              file=sys.stderr)
 
 
 def _wait_for(path: Path, timeout_s: float = 3600) -> None:
