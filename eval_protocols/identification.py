@@ -36,8 +36,6 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from facecoreset_plugin.errors import InputError
 
@@ -255,54 +253,72 @@ def mean_over_galleries(results: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- Metric shell
+#
+# Importing torchmetrics also imports matplotlib and takes seconds, so the ``Metric`` class is
+# built on first access (``from eval_protocols.identification import OpenSetIdentification``), not at import time.
 
 
-class OpenSetIdentification(Metric):
-    """Open-set identification as a torchmetrics ``Metric``; the gallery is fixed at construction.
+def _build_opensetidentification() -> type:
+    from torchmetrics import Metric
+    from torchmetrics.utilities import dim_zero_cat
 
-    ``update(probe_desc, probe_subjects)`` per chunk of probes; ``compute()`` returns the
-    :func:`open_set_identification` dict of all probes seen.
+    class OpenSetIdentification(Metric):
+        """Open-set identification as a torchmetrics ``Metric``; the gallery is fixed at construction.
 
-    Args:
-        gallery_desc: [G, D] gallery descriptors (moved with the metric by ``.to(device)``).
-        gallery_subjects: [G] integer subject ids.
-        ranks: CMC ranks to report.
-        fpirs: FPIR levels for TPIR.
-        chunk_size: probes scored per matrix product.
-        **kwargs: passed to ``torchmetrics.Metric``.
-    """
+        ``update(probe_desc, probe_subjects)`` per chunk of probes; ``compute()`` returns the
+        :func:`open_set_identification` dict of all probes seen.
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
+        Args:
+            gallery_desc: [G, D] gallery descriptors (moved with the metric by ``.to(device)``).
+            gallery_subjects: [G] integer subject ids.
+            ranks: CMC ranks to report.
+            fpirs: FPIR levels for TPIR.
+            chunk_size: probes scored per matrix product.
+            **kwargs: passed to ``torchmetrics.Metric``.
+        """
 
-    def __init__(self, gallery_desc: Tensor, gallery_subjects: Tensor, ranks: Sequence[int] = RANKS,
-                 fpirs: Sequence[float] = FPIRS, chunk_size: int = 4096, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.ranks, self.fpirs = _check_levels(ranks, fpirs)
-        self.chunk_size = max(1, int(chunk_size))
-        gallery = _Gallery(gallery_desc, gallery_subjects)
-        self.register_buffer("gallery_desc", gallery.desc.clone(), persistent=False)
-        self.register_buffer("gallery_subjects", gallery_subjects.detach().flatten().long().clone(), persistent=False)
-        self.add_state("mate_rank", default=[], dist_reduce_fx="cat")
-        self.add_state("mate_score", default=[], dist_reduce_fx="cat")
-        self.add_state("nonmated_best", default=[], dist_reduce_fx="cat")
+        is_differentiable = False
+        higher_is_better = True
+        full_state_update = False
 
-    def update(self, probe_desc: Tensor, probe_subjects: Tensor) -> None:  # type: ignore[override]
-        """Search one chunk of probes in the gallery and keep the per-probe results."""
-        gallery = _Gallery(self.gallery_desc, self.gallery_subjects)
-        probe_desc, probe_subjects = _check_descriptors(probe_desc, probe_subjects, "probes")
-        _check_dims(probe_desc, gallery)
-        rank, score, best = _probe_statistics(probe_desc, probe_subjects, gallery, self.chunk_size)
-        self.mate_rank.append(rank)
-        self.mate_score.append(score)
-        self.nonmated_best.append(best)
+        def __init__(self, gallery_desc: Tensor, gallery_subjects: Tensor, ranks: Sequence[int] = RANKS,
+                     fpirs: Sequence[float] = FPIRS, chunk_size: int = 4096, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.ranks, self.fpirs = _check_levels(ranks, fpirs)
+            self.chunk_size = max(1, int(chunk_size))
+            gallery = _Gallery(gallery_desc, gallery_subjects)
+            self.register_buffer("gallery_desc", gallery.desc.clone(), persistent=False)
+            self.register_buffer("gallery_subjects", gallery_subjects.detach().flatten().long().clone(), persistent=False)
+            self.add_state("mate_rank", default=[], dist_reduce_fx="cat")
+            self.add_state("mate_score", default=[], dist_reduce_fx="cat")
+            self.add_state("nonmated_best", default=[], dist_reduce_fx="cat")
 
-    def compute(self) -> dict[str, Any]:  # type: ignore[override]
-        """The :func:`open_set_identification` dict of every probe seen since the last reset."""
-        if not self.mate_rank:
-            raise InputError("OpenSetIdentification.compute() called before any update(probes, subjects)")
-        return identification_from_statistics(
-            dim_zero_cat(self.mate_rank), dim_zero_cat(self.mate_score), dim_zero_cat(self.nonmated_best),
-            ranks=self.ranks, fpirs=self.fpirs,
-        )
+        def update(self, probe_desc: Tensor, probe_subjects: Tensor) -> None:  # type: ignore[override]
+            """Search one chunk of probes in the gallery and keep the per-probe results."""
+            gallery = _Gallery(self.gallery_desc, self.gallery_subjects)
+            probe_desc, probe_subjects = _check_descriptors(probe_desc, probe_subjects, "probes")
+            _check_dims(probe_desc, gallery)
+            rank, score, best = _probe_statistics(probe_desc, probe_subjects, gallery, self.chunk_size)
+            self.mate_rank.append(rank)
+            self.mate_score.append(score)
+            self.nonmated_best.append(best)
+
+        def compute(self) -> dict[str, Any]:  # type: ignore[override]
+            """The :func:`open_set_identification` dict of every probe seen since the last reset."""
+            if not self.mate_rank:
+                raise InputError("OpenSetIdentification.compute() called before any update(probes, subjects)")
+            return identification_from_statistics(
+                dim_zero_cat(self.mate_rank), dim_zero_cat(self.mate_score), dim_zero_cat(self.nonmated_best),
+                ranks=self.ranks, fpirs=self.fpirs,
+            )
+
+    OpenSetIdentification.__module__, OpenSetIdentification.__qualname__ = __name__, "OpenSetIdentification"
+    return OpenSetIdentification
+
+
+def __getattr__(name: str) -> Any:
+    if name == "OpenSetIdentification":
+        cls = _build_opensetidentification()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,8 +35,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from facecoreset_plugin.errors import InputError
 
@@ -326,42 +324,60 @@ def verification_report(scores: Tensor, labels: Tensor, fars: Sequence[float] = 
 
 
 # ----------------------------------------------------------------------------- Metric shell
+#
+# Importing torchmetrics also imports matplotlib and takes seconds, so the ``Metric`` class is
+# built on first access (``from eval_protocols.metrics import TARatFAR``), not at import time.
 
 
-class TARatFAR(Metric):
-    """TAR@FAR as a torchmetrics ``Metric``: ``update(scores, labels)`` per chunk of pairs,
-    ``compute()`` returns :func:`verification_report` of everything seen (exact, no binning).
+def _build_taratfar() -> type:
+    from torchmetrics import Metric
+    from torchmetrics.utilities import dim_zero_cat
 
-    Args:
-        fars: target false accept rates.
-        validate_args: check every batch (shapes, finite scores, 0/1 labels).
-        **kwargs: passed to ``torchmetrics.Metric``.
-    """
+    class TARatFAR(Metric):
+        """TAR@FAR as a torchmetrics ``Metric``: ``update(scores, labels)`` per chunk of pairs,
+        ``compute()`` returns :func:`verification_report` of everything seen (exact, no binning).
 
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
+        Args:
+            fars: target false accept rates.
+            validate_args: check every batch (shapes, finite scores, 0/1 labels).
+            **kwargs: passed to ``torchmetrics.Metric``.
+        """
 
-    def __init__(self, fars: Sequence[float] = FARS, validate_args: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.fars = _check_fars(fars)
-        self.validate_args = validate_args
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-        self.add_state("labels", default=[], dist_reduce_fx="cat")
+        is_differentiable = False
+        higher_is_better = True
+        full_state_update = False
 
-    def update(self, scores: Tensor, labels: Tensor) -> None:  # type: ignore[override]
-        """Add one chunk of pair scores and their 0/1 labels."""
-        if self.validate_args:
-            scores, labels = _check_inputs(scores, labels)
-        else:
-            scores, labels = scores.detach().flatten(), labels.detach().flatten() == 1
-        self.scores.append(scores)
-        self.labels.append(labels)
+        def __init__(self, fars: Sequence[float] = FARS, validate_args: bool = True, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.fars = _check_fars(fars)
+            self.validate_args = validate_args
+            self.add_state("scores", default=[], dist_reduce_fx="cat")
+            self.add_state("labels", default=[], dist_reduce_fx="cat")
 
-    def compute(self) -> dict:  # type: ignore[override]
-        """The :func:`verification_report` of all scores seen since the last reset."""
-        if not self.scores:
-            raise InputError("TARatFAR.compute() called before any update(scores, labels)")
-        scores = dim_zero_cat(self.scores)
-        labels = dim_zero_cat(self.labels)
-        return verification_report(scores, labels.bool(), self.fars)
+        def update(self, scores: Tensor, labels: Tensor) -> None:  # type: ignore[override]
+            """Add one chunk of pair scores and their 0/1 labels."""
+            if self.validate_args:
+                scores, labels = _check_inputs(scores, labels)
+            else:
+                scores, labels = scores.detach().flatten(), labels.detach().flatten() == 1
+            self.scores.append(scores)
+            self.labels.append(labels)
+
+        def compute(self) -> dict:  # type: ignore[override]
+            """The :func:`verification_report` of all scores seen since the last reset."""
+            if not self.scores:
+                raise InputError("TARatFAR.compute() called before any update(scores, labels)")
+            scores = dim_zero_cat(self.scores)
+            labels = dim_zero_cat(self.labels)
+            return verification_report(scores, labels.bool(), self.fars)
+
+    TARatFAR.__module__, TARatFAR.__qualname__ = __name__, "TARatFAR"
+    return TARatFAR
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TARatFAR":
+        cls = _build_taratfar()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

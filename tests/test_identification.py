@@ -217,3 +217,19 @@ def test_cuda_matches_cpu():
 def test_bad_input(change, match):
     with pytest.raises(InputError, match=match):
         open_set_identification(*change(*make_data(0)))
+
+
+def test_import_is_light_and_metric_pickles():
+    import pickle
+    import subprocess
+    import sys
+
+    code = ("import sys, eval_protocols.identification; "
+            "print(sorted(m for m in ('torchmetrics', 'matplotlib', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # the Metric class (and torchmetrics) load on first use only
+    p, ps, g, gs = make_data(12)
+    metric = OpenSetIdentification(g, gs)
+    metric.update(p, ps)
+    assert pickle.loads(pickle.dumps(metric)).compute() == metric.compute()
+    assert list(metric.state_dict()) == []  # the gallery is not written into checkpoints

@@ -283,3 +283,20 @@ def test_bad_rule_and_far():
         tar_at_far(s, y, fars=(0.0,))
     with pytest.raises(InputError, match="torch tensors"):
         exact_roc(np.array([0.1, 0.2]), y)
+
+
+# ----------------------------------------------------------------------------- import cost
+
+
+def test_import_is_light_and_metric_pickles():
+    import pickle
+    import subprocess
+    import sys
+
+    code = ("import sys, eval_protocols.metrics; "
+            "print(sorted(m for m in ('torchmetrics', 'matplotlib', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"  # the Metric class (and torchmetrics) load on first use only
+    metric = TARatFAR(fars=(0.5,))
+    metric.update(torch.tensor([0.2, 0.9, 0.4]), torch.tensor([0, 1, 1]))
+    assert pickle.loads(pickle.dumps(metric)).compute() == metric.compute()
