@@ -86,6 +86,8 @@ def test_training_lowers_loss_and_writes_loadable_checkpoints(tmp_path):
         torch.testing.assert_close(last.state_dict()[k], v)
     ex = read_checkpoint(tmp_path / "best.ckpt")["extra"]
     assert ex["step"] == result.best_step
+    plain = torch.load(tmp_path / "last.ckpt", weights_only=True)  # plain data only, no pickled objects
+    assert plain["extra"]["step"] == 60 and "optimizer" in plain["extra"]
     assert isinstance(best, AttnPool) and not best.training
 
 
