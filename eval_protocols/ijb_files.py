@@ -88,51 +88,46 @@ def _line_text(data: bytes, starts: np.ndarray, line: int) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _line_starts(buf: np.ndarray) -> np.ndarray:
-    newlines = np.flatnonzero(buf == 10)
-    starts = np.empty(len(newlines) + 1, dtype=np.int64)
-    starts[0] = 0
-    starts[1:] = newlines + 1
-    return starts[starts < len(buf)] if len(buf) else starts[:0]
-
-
-def _checked_lines(data: bytes, ncols: int, path: Path, what: str, skip: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _checked_lines(data: bytes, ncols: int, path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Validate that every line has ``ncols`` whitespace-separated fields.
+
+    ``data`` must end with a newline. Per-line field counts come from a uint8 running count of
+    field starts read at the newlines (exact mod 256; the exact total rules out wrap-around).
 
     Returns:
         (the bytes as a uint8 array, start offsets of the lines).
     """
+    import torch
+
     buf = np.frombuffer(data, dtype=np.uint8)
-    starts = _line_starts(buf)
-    if len(starts) == 0:
+    newlines = np.flatnonzero(buf == 10)
+    starts = np.empty(len(newlines), dtype=np.int64)
+    if len(newlines) == 0:
         return buf, starts
+    starts[0] = 0
+    starts[1:] = newlines[:-1] + 1
     space = buf <= 32  # space, tab, CR, LF and other control bytes separate fields
     token_start = ~space
     token_start[1:] &= space[:-1]
-    tokens = np.flatnonzero(token_start)
-    del space, token_start
-    ends = np.empty_like(starts)
-    ends[:-1] = starts[1:]
-    ends[-1] = len(buf)
-    if len(tokens) == len(starts) * ncols:
-        # exactly ncols per line iff token group i lies inside line i, for every line
-        groups = tokens.reshape(len(starts), ncols)
-        ok = (groups[:, 0] >= starts) & (groups[:, -1] < ends)
-        if ok.all():
-            return buf, starts
-        first = int(np.flatnonzero(~ok)[0])
-        candidates = [first - 1, first] if first else [first]
-    else:
-        candidates = None
-    counts = _count_fields(data, starts, ends, candidates)
+    del space
+    total = int(np.count_nonzero(token_start))
+    running = torch.cumsum(torch.from_numpy(token_start.view(np.uint8)), 0, dtype=torch.uint8).numpy()
+    del token_start
+    counts_mod = np.diff(running[newlines], prepend=np.uint8(0))  # uint8 arithmetic wraps like the running count
+    del running
+    ok = counts_mod == ncols
+    if total == ncols * len(newlines) and ok.all():
+        return buf, starts
+    ends = newlines + 1
+    counts = _count_fields(data, starts, ends, None if ok.all() else [int(np.flatnonzero(~ok)[0])])
     bad = np.flatnonzero((counts != ncols) & (counts >= 0))
-    if not len(bad):  # not found near the first misaligned group: count every line
+    if not len(bad):
         counts = _count_fields(data, starts, ends, None)
         bad = np.flatnonzero(counts != ncols)
     if len(bad):
         line = int(bad[0])
         raise InputError(
-            f"{path}:{line + 1 + skip}: malformed line in the {what}: expected {ncols} space-separated "
+            f"{path}:{line + 1}: malformed line in the {what}: expected {ncols} space-separated "
             f"fields, found {int(counts[line])}: {_line_text(data, starts, line)!r}"
         )
     return buf, starts
@@ -150,7 +145,15 @@ def _count_fields(data: bytes, starts: np.ndarray, ends: np.ndarray, lines: list
 
 
 def _strip_trailing(data: bytes) -> bytes:
-    return data.rstrip() + b"\n" if data.strip() else b""
+    """``data`` without trailing blank space, ending in one newline (copies only when needed)."""
+    end = len(data)
+    while end and data[end - 1] in b" \t\r\n\x0b\x0c":
+        end -= 1
+    if end == 0:
+        return b""
+    if end == len(data) - 1 and data[end] == 10:
+        return data
+    return data[:end] + b"\n"
 
 
 def _first_bad_number_line(data: bytes, starts: np.ndarray, columns: slice, parse) -> int:
@@ -166,22 +169,15 @@ def _first_bad_number_line(data: bytes, starts: np.ndarray, columns: slice, pars
 
 def _parse_int_table(path: Path, ncols: int, what: str) -> np.ndarray:
     data = _strip_trailing(_read_bytes(path, what))
-    buf, starts = _checked_lines(data, ncols, path, what)
+    _, starts = _checked_lines(data, ncols, path, what)
     if len(starts) == 0:
         raise InputError(f"{path}: the {what} is empty")
-    digit = (buf - np.uint8(48)) < 10  # uint8 wrap-around: bytes below '0' become large
-    bad_byte = np.flatnonzero(~(digit | (buf <= 32) | (buf == 45) | (buf == 43)))
-    values = None
-    if len(bad_byte) == 0:
-        try:
-            values = np.fromstring(data, dtype=np.int64, sep=" ")  # noqa: NPY201 (text mode is not deprecated)
-        except ValueError:
-            values = None
+    try:  # fromstring refuses any token that is not an integer
+        values = np.fromstring(data, dtype=np.int64, sep=" ")  # noqa: NPY201 (text mode is not deprecated)
+    except ValueError:
+        values = None
     if values is None or values.size != len(starts) * ncols:
-        if len(bad_byte):
-            line = int(np.searchsorted(starts, bad_byte[0], side="right") - 1)
-        else:
-            line = _first_bad_number_line(data, starts, slice(None), int)
+        line = _first_bad_number_line(data, starts, slice(None), int)
         raise InputError(
             f"{path}:{line + 1}: malformed line in the {what}: expected {ncols} integers: "
             f"{_line_text(data, starts, line)!r}"

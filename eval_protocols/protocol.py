@@ -70,8 +70,18 @@ def positions_of(template_ids: Tensor, ids: np.ndarray | Tensor, source: str | P
         InputError: an id that no image belongs to (naming ``source``).
     """
     ids_t = torch.as_tensor(np.asarray(ids), dtype=torch.int64)
-    pos = torch.searchsorted(template_ids, ids_t).clamp_max(max(len(template_ids) - 1, 0))
-    unknown = template_ids[pos] != ids_t if len(template_ids) else torch.ones_like(ids_t, dtype=torch.bool)
+    if len(template_ids) == 0:
+        pos, unknown = torch.zeros_like(ids_t), torch.ones_like(ids_t, dtype=torch.bool)
+    elif 0 <= int(template_ids[0]) and int(template_ids[-1]) <= max(8 * len(ids_t), 1 << 22):
+        # ids are modest integers: a lookup table is linear time (no binary search per id)
+        lut = torch.full((int(template_ids[-1]) + 2,), -1, dtype=torch.int64)
+        lut[template_ids] = torch.arange(len(template_ids))
+        pos = lut[ids_t.clamp(0, len(lut) - 1)]
+        unknown = (pos < 0) | (ids_t < 0) | (ids_t >= len(lut) - 1)
+        pos = pos.clamp_min(0)
+    else:
+        pos = torch.searchsorted(template_ids, ids_t).clamp_max(len(template_ids) - 1)
+        unknown = template_ids[pos] != ids_t
     if bool(unknown.any()):
         bad = torch.unique(ids_t[unknown])
         first = torch.nonzero(unknown)[0].item()

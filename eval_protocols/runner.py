@@ -22,7 +22,7 @@ from facecoreset_plugin.batching import RaggedSets
 from .identification import mean_over_galleries, open_set_identification
 from .metrics import FARS, verification_report
 from .protocol import ProtocolData
-from .scoring import pair_scores
+from .scoring import PairPlan
 
 _CURVE_KEYS = ("roc",)
 _ID_CURVE_KEYS = ("cmc", "dir")
@@ -82,13 +82,14 @@ def evaluate_detailed(data: ProtocolData, aggregators: Mapping[str, Aggregator],
 
     output = EvaluationOutput({})
     labels = data.labels
+    plan = PairPlan(data.pair_left, data.pair_right, data.templates.num_sets)  # shared by all aggregators
     for name, aggregator in tqdm(list(aggregators.items()), desc="aggregators", unit="agg", disable=not progress):
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         desc = aggregate_templates(aggregator, data.templates, device, progress, desc=f"{name}: templates")
         timings["aggregate_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        scores = pair_scores(desc, data.pair_left, data.pair_right, device=device)
+        scores = plan.scores(desc, device=device)
         timings["score_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         verification, curves = _split_curves(verification_report(scores, labels, fars), _CURVE_KEYS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from eval_protocols.scoring import compact_index, pair_scores, pair_scores_reference
+from eval_protocols.scoring import PairPlan, compact_index, pair_scores, pair_scores_reference
 from facecoreset_plugin.errors import InputError
 
 
@@ -27,12 +27,17 @@ def test_dense_and_blocked_match_loop(block):
     right = torch.randint(30, 60, (400,), generator=g)
     got = pair_scores(desc, left, right, max_block_elements=block)
     torch.testing.assert_close(got, _loop(desc, left, right), rtol=0, atol=1e-5)
+    plan = PairPlan(left, right, 60, max_block_elements=block)
+    assert plan.mode == ("dense" if block > 12 * 30 else "blocked")
+    other = _desc(seed=5)  # a plan is reused across descriptor sets
+    torch.testing.assert_close(plan.scores(other), _loop(other, left, right), rtol=0, atol=1e-5)
 
 
 def test_sparse_pairs_use_direct_path():
     desc = _desc(200)
     left, right = torch.arange(0, 100), torch.arange(100, 200)  # 100 pairs, 100x100 product
     got = pair_scores(desc, left, right)
+    assert PairPlan(left, right, 200).mode == "direct"
     torch.testing.assert_close(got, _loop(desc, left, right), rtol=0, atol=1e-5)
     torch.testing.assert_close(pair_scores_reference(desc, left, right, chunk=7), got, rtol=0, atol=1e-6)
 
