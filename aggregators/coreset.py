@@ -236,7 +236,7 @@ def coreset_attention_forward(model: CoresetAttentionAggregator, x: Tensor, norm
     q = core + enc_core.to(core.dtype)
     sa = self_attention(q, AttentionWeights.of(model.self_attn), cfg.heads, sel.valid, p, training)
     q = model.norm1(q + F.dropout(sa, p, training))
-    keys = x + enc_set.to(x.dtype)
+    keys = enc_set.to(x.dtype).add_(x) if not torch.is_grad_enabled() else x + enc_set.to(x.dtype)
     ca = folded_cross_attention(q, keys, x, mask, AttentionWeights.of(model.cross_attn), cfg.heads, p, training)
     q = model.norm2(core + F.dropout(ca, p, training))
     refined = core + q
