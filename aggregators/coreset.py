@@ -153,7 +153,7 @@ class CoresetFPSAggregator(_CoresetBase):
     needs_checkpoint = False
 
     def aggregate(self, features, norms, mask, media, faceness):
-        x, norms = _raw_features(features, norms, mask)
+        x, norms = _raw_features(features, norms, mask, self.gamma.dtype)
         sel = self.select(x, norms, mask)
         valid = sel.valid.unsqueeze(-1).to(sel.picks.dtype)
         return (sel.picks * valid).sum(1) / valid.sum(1)
@@ -195,7 +195,7 @@ class CoresetAttentionAggregator(_CoresetBase):
         if features.shape[-1] != cfg.dim:
             raise InputError(f"features have width D={features.shape[-1]}, coreset_attention was built for "
                              f"dim={cfg.dim}; pass dim={features.shape[-1]} or use matching features")
-        x, norms = _raw_features(features, norms, mask)
+        x, norms = _raw_features(features, norms, mask, self.gamma.dtype)
         sel = self.select(x, norms, mask)
         return coreset_attention_forward(self, x, norms, mask, sel)
 
@@ -213,8 +213,14 @@ def _check_ragged(sets: RaggedSets) -> None:
         raise InputError(f"every set needs at least one element; empty sets at positions {empty[:10].tolist()}")
 
 
-def _raw_features(features: Tensor, norms: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """``x = n*f`` with padding rows and norms zeroed (padding may hold anything)."""
+def _raw_features(features: Tensor, norms: Tensor, mask: Tensor, dtype: torch.dtype = torch.float32
+                  ) -> tuple[Tensor, Tensor]:
+    """``x = n*f`` with padding rows and norms zeroed (padding may hold anything).
+
+    Half-precision inputs are computed in the weights' ``dtype`` unless autocast is on.
+    """
+    if features.dtype != dtype and not torch.is_autocast_enabled(features.device.type):
+        features, norms = features.to(dtype), norms.to(dtype)
     norms = norms.masked_fill(~mask, 0.0)
     x = features * norms.unsqueeze(-1)
     return x.masked_fill_(~mask.unsqueeze(-1), 0.0), norms  # padding may hold NaN: 0*NaN is NaN

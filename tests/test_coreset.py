@@ -297,3 +297,12 @@ def test_ragged_input_errors_name_the_rows():
     n[1] = 1.0
     with pytest.raises(InputError, match=r"empty sets at positions \[1\]"):
         model.aggregate_ragged(RaggedSets(f, n, torch.tensor([0, 2, 2, 6])))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_features_without_autocast(make_sets, dtype):
+    model = _model(**SMALL)
+    f, n, m, _, _ = make_sets([2, 11], dim=64, seed=23)
+    got = model(f.to(dtype), n.to(dtype), m)
+    want = model(f.to(dtype).float(), n.to(dtype).float(), m)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
