@@ -105,24 +105,36 @@ class _CoresetBase(Aggregator):
             out_norms[idx] = norm.float().cpu()
         return out, out_norms
 
-    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        """AdamW parameter groups: ``gamma`` alone without weight decay (as in the paper)."""
+    def param_groups(self, weight_decay: float, gamma_lr: float | None = None) -> list[dict[str, Any]]:
+        """AdamW parameter groups: ``gamma`` alone without weight decay (as in the paper).
+
+        Args:
+            weight_decay: decay of every other weight.
+            gamma_lr: learning rate of the gamma group (the official code's ``--gamma_lr``);
+                None: the optimizer's default.
+        """
         rest = [p for name, p in self.named_parameters() if name != "gamma"]
-        groups = [{"name": "gamma", "params": [self.gamma], "weight_decay": 0.0}]
+        groups: list[dict[str, Any]] = [{"name": "gamma", "params": [self.gamma], "weight_decay": 0.0}]
+        if gamma_lr is not None:
+            groups[0]["lr"] = float(gamma_lr)
         if rest:
             groups.insert(0, {"name": "weights", "params": rest, "weight_decay": float(weight_decay)})
         return groups
 
     @classmethod
     def _official_config(cls, obj: Any) -> dict[str, Any]:
-        return {}
+        """K from the checkpoint's ``hyper_parameters["coreset_size"]`` when stored as plain data."""
+        hparams = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
+        size = hparams.get("coreset_size") if isinstance(hparams, Mapping) else None
+        return {"K": size} if isinstance(size, int) and not isinstance(size, bool) and size >= 1 else {}
 
     @classmethod
     def convert_foreign_checkpoint(cls, obj: Any, path: Any) -> tuple[dict[str, Any], dict[str, Tensor]] | None:
         """Read the official FaceCoresetNet Lightning checkpoint (``aggregate_model.*`` keys).
 
-        Unused official keys, the backbone and the head are ignored. K is not recorded in a
-        form that can be read without running code; the released model uses the default K=3.
+        Unused official keys, the backbone and the head are ignored. K comes from
+        ``hyper_parameters["coreset_size"]`` when that is plain data (Lightning stores a dict);
+        otherwise the default K=3 of the released model applies (override with ``K=...``).
 
         Raises:
             CheckpointError: a Lightning checkpoint without aggregator weights, or missing /
@@ -187,8 +199,9 @@ class CoresetAttentionAggregator(_CoresetBase):
 
     @classmethod
     def _official_config(cls, obj: Any) -> dict[str, Any]:
+        config = super()._official_config(obj)
         dim = official_dim(obj)
-        return {} if dim is None else {"dim": dim}
+        return config if dim is None else {**config, "dim": dim}
 
     def aggregate(self, features, norms, mask, media, faceness):
         cfg = self.config

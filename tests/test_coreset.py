@@ -306,3 +306,19 @@ def test_half_precision_features_without_autocast(make_sets, dtype):
     got = model(f.to(dtype), n.to(dtype), m)
     want = model(f.to(dtype).float(), n.to(dtype).float(), m)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_official_checkpoint_core_size_comes_from_hyper_parameters(tmp_path):
+    torch.manual_seed(4)
+    ref = _perturb(OfficialCoresetReference(dim=512, heads=8, k=2), seed=4).eval()
+    path = _official_ckpt(tmp_path / "k2.ckpt", ref, tmp_path / "m")
+    assert load("coreset_attention", checkpoint=str(path)).config.K == 2
+    assert load("coreset_attention", checkpoint=str(path), K=4).config.K == 4
+    assert load("coreset_fps", checkpoint=str(path)).config.K == 2
+
+
+def test_gamma_group_can_have_its_own_learning_rate():
+    groups = _model(**SMALL).param_groups(1e-3, gamma_lr=1e-3)
+    opt = torch.optim.AdamW(groups, lr=1e-4)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"gamma": 1e-3, "weights": 1e-4}
