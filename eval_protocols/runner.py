@@ -6,9 +6,10 @@ also returns the raw scores and curves for plots and the ``scores.npz`` file.
 
 from __future__ import annotations
 
-__all__ = ["EvaluationOutput", "aggregate_templates", "evaluate", "evaluate_detailed"]
+__all__ = ["EvaluationOutput", "aggregate_templates", "check_templates", "evaluate", "evaluate_detailed"]
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from facecoreset_plugin.aggregator import Aggregator
 from facecoreset_plugin.batching import RaggedSets
+from facecoreset_plugin.errors import InputError
 
 from .identification import mean_over_galleries, open_set_identification
 from .metrics import FARS, verification_report
@@ -55,7 +57,9 @@ def aggregate_templates(aggregator: Aggregator, templates: RaggedSets, device: t
 
     aggregator = aggregator.to(device).eval()
     total = int(templates.offsets[-1])
-    step = max(total // chunks, 1 << 16)
+    if type(aggregator).aggregate_ragged is not Aggregator.aggregate_ragged:
+        chunks = 1  # its own ragged path (segment operations): one call is fastest
+    step = max(-(-total // chunks), 1 << 16)
     bounds = [0]
     while bounds[-1] < templates.num_sets:
         target = int(templates.offsets[bounds[-1]]) + step
@@ -71,6 +75,33 @@ def aggregate_templates(aggregator: Aggregator, templates: RaggedSets, device: t
     return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
+def check_templates(templates: RaggedSets) -> None:
+    """Validate the flat template rows once (finite features and norms, positive norms).
+
+    Raises:
+        InputError: naming the first bad rows.
+    """
+    lengths = torch.linalg.vector_norm(templates.features.float(), dim=1)  # NaN/Inf propagate
+    bad = ~torch.isfinite(lengths) | ~torch.isfinite(templates.norms) | (templates.norms < 0)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten()[:10].tolist()
+        raise InputError(f"NaN/Inf features or bad norms in template rows {rows} (rows grouped by template); "
+                         "check the feature file")
+
+
+@contextmanager
+def _validated_once(aggregator: Aggregator):
+    """Skip the aggregator's per-call input checks (the runner checked the rows once)."""
+    previous = getattr(aggregator, "validate_args", None)
+    if previous is not None:
+        aggregator.validate_args = False
+    try:
+        yield aggregator
+    finally:
+        if previous is not None:
+            aggregator.validate_args = previous
+
+
 def _split_curves(report: dict[str, Any], keys: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     return ({k: v for k, v in report.items() if k not in keys}, {k: report[k] for k in keys if k in report})
 
@@ -82,11 +113,13 @@ def evaluate_detailed(data: ProtocolData, aggregators: Mapping[str, Aggregator],
 
     output = EvaluationOutput({})
     labels = data.labels
+    check_templates(data.templates)
     plan = PairPlan(data.pair_left, data.pair_right, data.templates.num_sets)  # shared by all aggregators
     for name, aggregator in tqdm(list(aggregators.items()), desc="aggregators", unit="agg", disable=not progress):
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        desc = aggregate_templates(aggregator, data.templates, device, progress, desc=f"{name}: templates")
+        with _validated_once(aggregator):
+            desc = aggregate_templates(aggregator, data.templates, device, progress, desc=f"{name}: templates")
         timings["aggregate_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         scores = plan.scores(desc, device=device)

@@ -107,3 +107,21 @@ def test_missing_and_unsupported(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"not a zip")
     with pytest.raises(InputError, match="not a readable .npz"):
         read_features(tmp_path / "broken.npz")
+
+
+def test_compressed_npz_and_fast_path_agree(tmp_path):
+    from eval_protocols.features_io import _read_stored_npz
+
+    f, n, q = _features(m=50, d=16)
+    np.savez(tmp_path / "plain.npz", img_feats=f, norms=n[:, None], faceness_scores=q)
+    np.savez_compressed(tmp_path / "packed.npz", img_feats=f, norms=n[:, None], faceness_scores=q)
+    fast = _read_stored_npz(tmp_path / "plain.npz")
+    assert fast is not None and set(fast) == {"img_feats", "norms", "faceness_scores"}
+    assert _read_stored_npz(tmp_path / "packed.npz") is None  # compressed: numpy's reader
+    a, b = read_features(tmp_path / "plain.npz"), read_features(tmp_path / "packed.npz")
+    np.testing.assert_array_equal(a.features, b.features)
+    np.testing.assert_array_equal(a.norms, b.norms)
+    np.savez(tmp_path / "obj.npz", img_feats=np.array([object()], dtype=object))
+    assert _read_stored_npz(tmp_path / "obj.npz") is None
+    with pytest.raises(InputError, match="unreadable .npz"):
+        read_features(tmp_path / "obj.npz")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from eval_protocols.features_io import ImageFeatures
-from eval_protocols.protocol import assemble_protocol_data, positions_of
+from eval_protocols.protocol import assemble_protocol_data, build_templates, positions_of
 from facecoreset_plugin.errors import InputError
 
 
@@ -18,8 +18,8 @@ def _feats(m):
 
 def test_assemble_groups_by_template_id():
     tids = np.array([50, 7, 50, 900, 7])
-    data = assemble_protocol_data("x", _feats(5), tids, np.array([1, 2, 1, 3, 4]),
-                                  (np.array([7, 50]), np.array([900, 7]), np.array([0, 1])), "pairs.txt",
+    sets = build_templates(_feats(5), tids, np.array([1, 2, 1, 3, 4]))
+    data = assemble_protocol_data("x", sets, (np.array([7, 50]), np.array([900, 7]), np.array([0, 1])), "pairs.txt",
                                   {"G1": (np.array([7]), np.array([1]), "g1.csv")}, (np.array([50, 900]),
                                                                                     np.array([1, 2]), "p.csv"))
     assert data.template_ids.tolist() == [7, 50, 900]
@@ -43,5 +43,4 @@ def test_unknown_template_ids_named_with_file_and_line():
 
 def test_row_mismatch():
     with pytest.raises(InputError, match="5 feature rows but 4 images"):
-        assemble_protocol_data("x", _feats(5), np.arange(4), np.arange(4), (np.array([0]), np.array([1]),
-                                                                             np.array([1])), "p.txt")
+        build_templates(_feats(5), np.arange(4), np.arange(4))

@@ -61,3 +61,18 @@ def test_evaluate_returns_the_results_part_only(data):
     assert list(res) == ["a", "b"]
     assert list(res["b"]["verification"]["tar_at_far"]["strict"]) == ["0.001", "0.1"]
     assert res["a"]["verification"]["num_genuine"] == int(data.labels.sum())
+
+
+def test_bad_rows_refused_once_before_aggregating(data):
+    from eval_protocols.runner import check_templates
+    from facecoreset_plugin.errors import InputError
+
+    t = data.templates
+    bad = type(t)(t.features.clone(), t.norms.clone(), t.offsets, t.media, t.faceness, t.set_ids)
+    bad.features[5, 3] = float("nan")
+    bad.norms[9] = float("inf")
+    with pytest.raises(InputError, match=r"template rows \[5, 9\]"):
+        check_templates(bad)
+    agg = fp.load("mean")
+    evaluate(data, {"m": agg}, fars=(0.1,), progress=False)
+    assert agg.validate_args  # restored after the run
