@@ -180,6 +180,8 @@ def train(model: nn.Module, bank: FeatureBank, output: str | Path, config: Train
     device = torch.device(device)
     if device.type == "cuda" and info.world_size > 1:
         device = torch.device("cuda", info.local_rank)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # NCCL collectives (all_gather_object) use the current device
     created = _init_distributed(info, device)
     try:
         return _train(model, bank, Path(output), cfg, validator, device, resume, progress, extra or {}, info)
