@@ -27,7 +27,11 @@ from facecoreset_plugin.errors import CheckpointError, InputError
 from .fps import CoreSelection, select_coreset
 from .norm_encoding import sinusoidal_encoding
 from .official_checkpoint import OFFICIAL_KEY_MAP, convert_official, official_dim, official_state_dict
-from .set_attention import AttentionWeights, folded_cross_attention, self_attention
+from .set_attention import AttentionWeights, attend_folded, fold_queries, folded_cross_attention, self_attention
+
+#: eval: set encodings and attention logits are built this many (set x element) rows at a time,
+#: so the temporaries of a huge set stay in cache (results do not depend on it beyond rounding)
+KEY_CHUNK_ROWS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,12 +255,23 @@ def coreset_attention_forward(model: CoresetAttentionAggregator, x: Tensor, norm
     ln = model.pos_trans_norm
     core = sel.picks
     enc_core = ln(sinusoidal_encoding(torch.linalg.vector_norm(core.float(), dim=-1), cfg.dim, cfg.temperature))
-    enc_set = ln(sinusoidal_encoding(norms, cfg.dim, cfg.temperature))
     q = core + enc_core.to(core.dtype)
     sa = self_attention(q, AttentionWeights.of(model.self_attn), cfg.heads, sel.valid, p, training)
     q = model.norm1(q + F.dropout(sa, p, training))
-    keys = enc_set.to(x.dtype).add_(x) if not torch.is_grad_enabled() else x + enc_set.to(x.dtype)
-    ca = folded_cross_attention(q, keys, x, mask, AttentionWeights.of(model.cross_attn), cfg.heads, p, training)
+    cross = AttentionWeights.of(model.cross_attn)
+    b, n, _ = x.shape
+    step = max(64, KEY_CHUNK_ROWS // b)
+    if torch.is_grad_enabled() or n <= step:
+        keys = x + ln(sinusoidal_encoding(norms, cfg.dim, cfg.temperature)).to(x.dtype)
+        ca = folded_cross_attention(q, keys, x, mask, cross, cfg.heads, p, training)
+    else:  # no autograd, large sets: keys = x + E_T never exist whole
+        folded = fold_queries(q, cross, cfg.heads).to(x.dtype)
+        scores = x.new_empty(b, folded.shape[1], n)
+        for start in range(0, n, step):
+            part = slice(start, min(n, start + step))
+            keys = ln(sinusoidal_encoding(norms[:, part], cfg.dim, cfg.temperature)).to(x.dtype).add_(x[:, part])
+            scores[:, :, part] = torch.bmm(folded, keys.transpose(1, 2))
+        ca = attend_folded(scores, x, mask, cross, cfg.heads, p, training)
     q = model.norm2(core + F.dropout(ca, p, training))
     refined = core + q
     valid = sel.valid.unsqueeze(-1).to(refined.dtype)

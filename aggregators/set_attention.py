@@ -9,7 +9,8 @@ exact up to rounding and costs about ``K*heads*D`` multiply-adds per set element
 
 from __future__ import annotations
 
-__all__ = ["AttentionWeights", "per_head_matmul", "self_attention", "folded_cross_attention"]
+__all__ = ["AttentionWeights", "per_head_matmul", "self_attention", "fold_queries", "attend_folded",
+           "folded_cross_attention"]
 
 from typing import NamedTuple
 
@@ -64,22 +65,31 @@ def self_attention(q: Tensor, w: AttentionWeights, heads: int, slot_mask: Tensor
     return F.linear(out, w.out_proj_weight, w.out_proj_bias)
 
 
-def folded_cross_attention(q: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor, w: AttentionWeights,
-                           heads: int, dropout: float = 0.0, training: bool = False) -> Tensor:
-    """Cross-attention of ``q [B,K,D]`` to a set (``keys``/``values [B,N,D]``, ``key_mask [B,N]``).
+def fold_queries(q: Tensor, w: AttentionWeights, heads: int) -> Tensor:
+    """Queries ``q [B,K,D]`` with the key projection folded in: ``[B,K*heads,D]`` (row k*heads+h).
 
-    Equals ``nn.MultiheadAttention(q, keys, values)`` with padding masked, computed as
-    ``softmax((Q_h Wk_h / sqrt(dh)) . key_j) -> z_h = sum_j p_hj value_j -> Wv_h z_h + bv_h``:
-    the key bias shifts every score of a query by the same amount (softmax ignores it) and
-    the value bias comes out of the sum times ``sum_j p_hj`` (1 without dropout).
+    ``folded . key_j`` is head h's attention logit of query k for key j, up to the key bias
+    (a per-query constant that softmax ignores).
     """
     b, k, d = q.shape
     dh = d // heads
-    wq, wk, wv = w.in_proj_weight.chunk(3, dim=0)
-    bq, _, bv = w.in_proj_bias.chunk(3, dim=0)
-    qh = F.linear(q, wq, bq).view(b, k, heads, dh)
-    folded = per_head_matmul((qh * dh ** -0.5).view(b * k, heads, dh), wk.view(heads, dh, d)).reshape(b, k * heads, d)
-    scores = torch.bmm(folded.to(keys.dtype), keys.transpose(1, 2))  # [B,K*H,N]
+    wq, wk, _ = w.in_proj_weight.chunk(3, dim=0)
+    bq = w.in_proj_bias.chunk(3, dim=0)[0]
+    qh = F.linear(q, wq, bq).view(b * k, heads, dh)
+    return per_head_matmul(qh * dh ** -0.5, wk.view(heads, dh, d)).reshape(b, k * heads, d)
+
+
+def attend_folded(scores: Tensor, values: Tensor, key_mask: Tensor, w: AttentionWeights, heads: int,
+                  dropout: float = 0.0, training: bool = False) -> Tensor:
+    """Finish the cross-attention from logits ``scores [B,K*heads,N]`` -> ``[B,K,D]``.
+
+    ``z_h = sum_j p_hj value_j``, then ``Wv_h z_h + bv_h`` (times ``sum_j p_hj`` under dropout)
+    and the output projection.
+    """
+    b, kh, _ = scores.shape
+    d = values.shape[-1]
+    k, dh = kh // heads, d // heads
+    wv, bv = w.in_proj_weight.chunk(3, dim=0)[2], w.in_proj_bias.chunk(3, dim=0)[2]
     scores = scores.masked_fill(~key_mask[:, None, :], float("-inf"))
     p = torch.softmax(scores, dim=-1)
     if training and dropout > 0:
@@ -91,3 +101,17 @@ def folded_cross_attention(q: Tensor, keys: Tensor, values: Tensor, key_mask: Te
     else:
         out = out + bv.view(heads, dh)
     return F.linear(out.reshape(b, k, d), w.out_proj_weight, w.out_proj_bias)
+
+
+def folded_cross_attention(q: Tensor, keys: Tensor, values: Tensor, key_mask: Tensor, w: AttentionWeights,
+                           heads: int, dropout: float = 0.0, training: bool = False) -> Tensor:
+    """Cross-attention of ``q [B,K,D]`` to a set (``keys``/``values [B,N,D]``, ``key_mask [B,N]``).
+
+    Equals ``nn.MultiheadAttention(q, keys, values)`` with padding masked, computed as
+    ``softmax((Q_h Wk_h / sqrt(dh)) . key_j) -> z_h = sum_j p_hj value_j -> Wv_h z_h + bv_h``:
+    the key bias shifts every score of a query by the same amount (softmax ignores it) and
+    the value bias comes out of the sum times ``sum_j p_hj`` (1 without dropout).
+    """
+    folded = fold_queries(q, w, heads)
+    scores = torch.bmm(folded.to(keys.dtype), keys.transpose(1, 2))  # [B,K*H,N]
+    return attend_folded(scores, values, key_mask, w, heads, dropout, training)

@@ -322,3 +322,18 @@ def test_gamma_group_can_have_its_own_learning_rate():
     opt = torch.optim.AdamW(groups, lr=1e-4)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == {"gamma": 1e-3, "weights": 1e-4}
+
+
+def test_chunked_eval_path_matches_the_reference(make_sets, monkeypatch):
+    """Huge sets build their keys in chunks; force that path on a small set."""
+    import aggregators.coreset as coreset_module
+
+    monkeypatch.setattr(coreset_module, "KEY_CHUNK_ROWS", 1)  # chunks of 64 elements
+    sizes = [300, 41, 2]
+    model = _model(**SMALL)
+    ref = OfficialCoresetReference.from_aggregator(model)
+    f, n, m, _, _ = make_sets(sizes, dim=64, seed=24)
+    with torch.no_grad():
+        unit = model(f, n, m)
+    for b, size in enumerate(sizes):
+        torch.testing.assert_close(unit[b:b + 1], ref(f[b:b + 1, :size], n[b:b + 1, :size])[0], rtol=0, atol=2e-6)
