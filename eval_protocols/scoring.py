@@ -48,7 +48,7 @@ class PairPlan:
         dense_ratio: use the matrix product when it has at most this many cells per pair.
     """
 
-    def __init__(self, left: Tensor, right: Tensor, num_templates: int, max_block_elements: int = 1 << 26,
+    def __init__(self, left: Tensor, right: Tensor, num_templates: int, max_block_elements: int = 1 << 27,
                  dense_ratio: float = 8.0) -> None:
         if left.shape != right.shape or left.dim() != 1:
             raise InputError(f"pair index tensors must be [P] and equal, got {tuple(left.shape)} and {tuple(right.shape)}")
@@ -98,7 +98,7 @@ class PairPlan:
 
 
 def pair_scores(desc: Tensor, left: Tensor, right: Tensor, device: torch.device | str | None = None,
-                max_block_elements: int = 1 << 26, dense_ratio: float = 8.0) -> Tensor:
+                max_block_elements: int = 1 << 27, dense_ratio: float = 8.0) -> Tensor:
     """Cosine scores of template pairs (one-off; build a :class:`PairPlan` to score many descriptor sets).
 
     Args:
