@@ -90,6 +90,14 @@ def test_every_registered_backbone_keeps_the_contract(name):
     net = load_backbone(name)
     assert isinstance(net, Backbone) and not net.training
     assert net.preprocess.input_size == 112 and net.preprocess.channel_order in ("RGB", "BGR")
+    # random weights of a deep net overflow with the default BatchNorm running statistics:
+    # calibrate them on one batch (as trained weights would have), then use eval mode
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None
+    with torch.no_grad():
+        net.train()(net.prepare(_images(4, seed=9)))
+    net.eval()
     with torch.no_grad():
         unit, norm = net(net.prepare(_images(2)))
     assert unit.shape == (2, net.embedding_dim) and norm.shape == (2, 1)
