@@ -97,14 +97,28 @@ def _run(script: str, root: str, feats: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+ROUNDS = 2  # interleaved rounds; the best of each side is compared (the machine is shared)
+
+
 def test_ijbc_scale_1to1_vs_insightface_style(benchmark, ijbc_scale):
     root, feats = ijbc_scale
-    baseline = _run(BASELINE, root, feats)
-    ours = benchmark.pedantic(_run, args=(OURS, root, feats), rounds=1, iterations=1)
+    baselines, ours_runs = [], []
+
+    def run_baseline_first():  # untimed setup of each round: the baseline, right before ours
+        baselines.append(_run(BASELINE, root, feats))
+
+    def run_ours():
+        ours_runs.append(_run(OURS, root, feats))
+
+    benchmark.pedantic(run_ours, setup=run_baseline_first, rounds=ROUNDS, iterations=1)
+    baseline = min(baselines, key=lambda r: r["total_s"])
+    ours = min(ours_runs, key=lambda r: r["total_s"])
     speedup = baseline["total_s"] / ours["total_s"]
     benchmark.extra_info.update({"ours_s": ours["total_s"], "ours_read_s": ours["read_s"],
                                  "baseline_s": baseline["total_s"], "baseline_read_s": baseline["read_s"],
-                                 "speedup": speedup, "ours_peak_rss_gb": ours["peak_rss_gb"],
+                                 "all_ours_s": [r["total_s"] for r in ours_runs],
+                                 "all_baseline_s": [r["total_s"] for r in baselines],
+                                 "speedup": speedup, "ours_peak_rss_gb": max(r["peak_rss_gb"] for r in ours_runs),
                                  "baseline_peak_rss_gb": baseline["peak_rss_gb"], "tars": ours["tars"],
                                  "stage_timings": ours["timings"], "baseline_stage_timings": baseline["timings"]})
     print(json.dumps(benchmark.extra_info, indent=1))
@@ -114,4 +128,4 @@ def test_ijbc_scale_1to1_vs_insightface_style(benchmark, ijbc_scale):
             assert abs(ours["tars"][name][key] - tar) <= tol, (name, key, ours["tars"][name][key], tar)
     assert ours["total_s"] <= 60.0
     assert speedup >= 5.0
-    assert ours["peak_rss_gb"] <= 6.0
+    assert benchmark.extra_info["ours_peak_rss_gb"] <= 6.0
