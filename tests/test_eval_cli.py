@@ -96,3 +96,31 @@ def test_parse_checkpoints(tmp_path):
     assert parse_checkpoints([str(weird)]) == ({}, str(weird))
     with pytest.raises(InputError, match="two entries without NAME="):
         parse_checkpoints(["a.pt", "b.pt"])
+
+
+def test_backbone_extraction_then_eval(tmp_path, capsys):
+    """--backbone without --features: features are extracted from the loose crops first (real ir_18)."""
+    import numpy as np
+    from PIL import Image
+
+    meta, crops = tmp_path / "IJBC/meta", tmp_path / "IJBC/loose_crop"
+    meta.mkdir(parents=True)
+    crops.mkdir()
+    rng = np.random.default_rng(0)
+    pts = "38.29 51.70 73.53 51.50 56.03 71.74 41.55 92.37 70.73 92.20"
+    names, tid_mid = [], []
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(crops / f"{i + 1}.jpg")
+        names.append(f"{i + 1}.jpg {pts} 0.9")
+        tid_mid.append(f"{i + 1}.jpg {10 + i // 2} {100 + i}")
+    (meta / "ijbc_name_5pts_score.txt").write_text("\n".join(names) + "\n")
+    (meta / "ijbc_face_tid_mid.txt").write_text("\n".join(tid_mid) + "\n")
+    (meta / "ijbc_template_pair_label.txt").write_text("10 11 1\n10 12 0\n10 13 0\n11 12 0\n11 13 1\n12 13 0\n")
+    out = tmp_path / "out"
+    rc = main(["eval", "--protocol", "ijbc", "--data-root", str(tmp_path), "--backbone", "ir_18",
+               "--aggregators", "mean", "--output", str(out), "--no-progress", "--no-plots", "--batch-size", "4"])
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "features_ir_18.npz").is_file()
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["aggregators"]["mean"]["verification"]["num_genuine"] == 2
+    assert "identification" not in doc["aggregators"]["mean"]  # no 1:N CSVs in this tree

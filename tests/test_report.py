@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -39,6 +40,9 @@ def test_all_files_and_contents(run, tmp_path):
     np.testing.assert_array_equal(z["labels"], data.labels.numpy())
     assert len(z["dir_tpir/quality_weighted/G1"]) == len(z["dir_fpir/quality_weighted/G1"]) > 0
     assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_interrupted_run_keeps_the_old_results(run, tmp_path, monkeypatch):
