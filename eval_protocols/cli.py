@@ -77,8 +77,13 @@ def shipped_checkpoint(name: str) -> Path | None:
     return Path(str(path)) if path.is_file() else None
 
 
-def default_aggregators() -> dict[str, str | None]:
-    """Every registered aggregator usable without extra files: name -> shipped checkpoint or None."""
+def default_aggregators(shipped: bool = True) -> dict[str, str | None]:
+    """Every registered aggregator usable without extra files: name -> shipped checkpoint or None.
+
+    Args:
+        shipped: include aggregators that need weights when a synthetic checkpoint is shipped
+            (only meaningful on the synthetic protocol those weights were trained for).
+    """
     import facecoreset_plugin as fp
 
     chosen: dict[str, str | None] = {}
@@ -91,7 +96,7 @@ def default_aggregators() -> dict[str, str | None]:
             continue
         if not getattr(cls, "needs_checkpoint", False):
             chosen[name] = None
-        else:
+        elif shipped:
             ckpt = shipped_checkpoint(name)
             if ckpt is not None:
                 chosen[name] = str(ckpt)
@@ -112,11 +117,11 @@ def _check_device(device: str) -> str:
     return str(dev)
 
 
-def _build_aggregators(names: list[str] | None, checkpoints: dict[str, str]) -> dict[str, Any]:
+def _build_aggregators(names: list[str] | None, checkpoints: dict[str, str], synthetic: bool) -> dict[str, Any]:
     import facecoreset_plugin as fp
 
     if names is None:
-        wanted = default_aggregators()
+        wanted = default_aggregators(shipped=synthetic)
         wanted.update({k: v for k, v in checkpoints.items() if k in fp.available("aggregators")})
     else:
         wanted = {n: checkpoints.get(n) for n in names}
@@ -128,10 +133,11 @@ def _build_aggregators(names: list[str] | None, checkpoints: dict[str, str]) -> 
     for name, ckpt in wanted.items():
         cls = fp.registry("aggregators").load(name)
         if ckpt is None and getattr(cls, "needs_checkpoint", False):
-            shipped = shipped_checkpoint(name)
+            shipped = shipped_checkpoint(name) if synthetic else None
             if shipped is None:
-                raise InputError(f"aggregator {name!r} needs weights: pass --checkpoint {name}=PATH "
-                                 f"(train one with `facecoreset train`)")
+                where = "" if synthetic else " (the shipped synthetic weights are only used on --protocol synthetic)"
+                raise InputError(f"aggregator {name!r} needs weights: pass --checkpoint {name}=PATH{where}; "
+                                 "train some with `facecoreset train`")
             ckpt = str(shipped)
         if ckpt is not None and not Path(ckpt).is_file():
             raise InputError(f"--checkpoint {name}={ckpt}: file not found (looked in {Path(ckpt).resolve().parent})")
@@ -162,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     if backbone_ckpt is not None and not args.backbone:
         raise InputError(f"--checkpoint {backbone_ckpt!r} has no NAME=: that form is the backbone checkpoint and "
                          "needs --backbone; for an aggregator write --checkpoint NAME=PATH")
-    aggregators = _build_aggregators(names, named)
+    aggregators = _build_aggregators(names, named, synthetic=args.protocol == "synthetic")
     output = Path(args.output)
     features = args.features
     tmp = None
@@ -194,9 +200,8 @@ def run(args: argparse.Namespace) -> int:
         data = protocol.load(data_root, features, progress=progress)
         result = evaluate_detailed(data, aggregators, device=device, progress=progress)
         extra = {"device": device, "elapsed_s": time.perf_counter() - started,
-                 "checkpoints": {n: named.get(n) or (str(shipped_checkpoint(n)) if shipped_checkpoint(n) else None)
-                                 for n in aggregators if getattr(type(aggregators[n]), "needs_checkpoint", False)
-                                 or n in named}}
+                 "checkpoints": {n: named.get(n) or str(shipped_checkpoint(n)) for n in aggregators
+                                 if n in named or getattr(type(aggregators[n]), "needs_checkpoint", False)}}
         written = write_report(output, args.protocol, result, data.labels.numpy(), data.summary(), args.far_rule,
                                extra=extra)
     finally:

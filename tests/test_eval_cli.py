@@ -25,6 +25,10 @@ def test_synthetic_default_end_to_end(tmp_path, capsys):
     doc = json.loads((out / "results.json").read_text())
     assert doc["protocol"] == "synthetic"
     assert {"mean", "quality_weighted", "media_fusion"} <= set(doc["aggregators"])
+    from eval_protocols.cli import shipped_checkpoint
+
+    if shipped_checkpoint("coreset_attention") is not None:  # shipped weights join the synthetic comparison
+        assert doc["checkpoints"]["coreset_attention"].endswith("coreset_attention_synthetic.ckpt")
     stdout = capsys.readouterr().out
     assert "quality_weighted" in stdout and "results.json" in stdout
 
@@ -37,6 +41,11 @@ def test_ijbc_with_features(tree, tmp_path):
     assert rc == 0
     doc = json.loads((out / "results.json").read_text())
     assert list(doc["aggregators"]) == ["mean", "quality_weighted"] and doc["far_rule"] == "strict"
+    rc = main(["eval", "--protocol", "ijbc", "--data-root", str(root), "--features", str(feats), "--output",
+               str(tmp_path / "all"), "--no-progress", "--no-plots"])
+    assert rc == 0
+    names = set(json.loads((tmp_path / "all" / "results.json").read_text())["aggregators"])
+    assert {"mean", "quality_weighted", "media_fusion"} <= names and "coreset_attention" not in names
     assert set(doc["aggregators"]["mean"]["identification"]) == {"G1", "G2", "mean"}
     assert (out / "roc.png").is_file() and (out / "dir.png").is_file() and (out / "scores.npz").is_file()
 
@@ -62,6 +71,9 @@ def test_user_errors_exit_2_with_one_line(tree, tmp_path, capsys):
     assert "needs --backbone" in _error_line(capsys)
     assert main(base + ["--features", str(feats), "--aggregators", "mean", "--checkpoint", "mean=none.ckpt"]) == 2
     assert "file not found" in _error_line(capsys)
+    # weights trained on the synthetic world are never applied to IJB data silently
+    assert main(base + ["--features", str(feats), "--aggregators", "coreset_attention"]) == 2
+    assert "needs weights: pass --checkpoint coreset_attention=PATH" in _error_line(capsys)
     assert not (tmp_path / "o" / "results.json").exists()
 
 
