@@ -192,10 +192,12 @@ def run(args: argparse.Namespace) -> int:
                                  "features from the loose crops first")
             from facecoreset_plugin.backbones.extract import extract_features
 
+            # cached per backbone; same settings reuse the file, changed settings recompute it
+            safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in args.backbone)
             features = str(extract_features(protocol=args.protocol, data_root=data_root, backbone=args.backbone,
-                                            checkpoint=backbone_ckpt, output=output / f"features_{args.backbone}.npz",
+                                            checkpoint=backbone_ckpt, output=output / f"features_{safe_name}.npz",
                                             flip=args.flip, device=device, batch_size=args.batch_size, amp=args.amp,
-                                            progress=progress))
+                                            progress=progress, overwrite=True))
     try:
         data = protocol.load(data_root, features, progress=progress)
         result = evaluate_detailed(data, aggregators, device=device, progress=progress)

@@ -10,7 +10,6 @@ __all__ = ["write_report", "results_document", "markdown_tables", "sanitize", "p
 
 import json
 import math
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -202,13 +201,4 @@ def write_report(output_dir: str | Path, protocol: str, output: EvaluationOutput
     with atomic_write(out / "results.json", "w") as fh:
         json.dump(doc, fh, indent=1, allow_nan=False)
     written["json"] = out / "results.json"
-    _readable(written.values())
     return written
-
-
-def _readable(paths) -> None:
-    """Give the outputs the usual permissions (atomic temp files are created owner-only)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for p in paths:
-        os.chmod(p, 0o666 & ~mask)
