@@ -117,17 +117,25 @@ def plot_roc(path: Path, output: EvaluationOutput, title: str) -> bool:
         roc = curves.get("roc")
         if roc and roc["fpr"]:
             ax.plot(np.maximum(roc["fpr"], 1e-7), roc["tpr"], label=name)
-    ax.set_xscale("log")
     ax.set_xlim(1e-6, 1)
-    ax.set_xlabel("FAR")
-    ax.set_ylabel("TAR")
+    _style_axes(ax, "FAR", "TAR", title)
+    _save_figure(plt, fig, path)
+    return True
+
+
+def _style_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right")
+
+
+def _save_figure(plt, fig, path: Path) -> None:
     with atomic_write(path) as fh:
         fig.savefig(fh, format="png", bbox_inches="tight")
     plt.close(fig)
-    return True
 
 
 def plot_dir(path: Path, output: EvaluationOutput, title: str) -> bool:
@@ -144,15 +152,8 @@ def plot_dir(path: Path, output: EvaluationOutput, title: str) -> bool:
             d = curves.get(g, {}).get("dir")
             if d and d["fpir"]:
                 ax.plot(d["fpir"], d["tpir"], label=name)
-        ax.set_xscale("log")
-        ax.set_xlabel("FPIR")
-        ax.set_ylabel("TPIR")
-        ax.set_title(f"{title} {g}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="lower right")
-    with atomic_write(path) as fh:
-        fig.savefig(fh, format="png", bbox_inches="tight")
-    plt.close(fig)
+        _style_axes(ax, "FPIR", "TPIR", f"{title} {g}")
+    _save_figure(plt, fig, path)
     return True
 
 
