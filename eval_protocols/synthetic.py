@@ -315,6 +315,11 @@ def generate_protocol(root: str | Path, config: SyntheticConfig | None = None, p
     wanted = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
     if stamp.is_file() and feat_path.is_file() and stamp.read_text() == wanted:
         return feat_path
+    if not stamp.is_file() and paths.meta_dir.is_dir() and any(paths.meta_dir.iterdir()):
+        raise InputError(
+            f"{paths.meta_dir} already holds files that the synthetic protocol did not write; refusing "
+            "to overwrite them. Did you mean --protocol ijbb/ijbc? Otherwise pick an empty --data-root."
+        )
     rng = _rng(cfg.seed, 10)
     world = _World(cfg)
     n_gal, n_probe = cfg.num_subjects, cfg.num_probe_templates

@@ -135,3 +135,14 @@ def test_bank_shares_the_low_quality_drift(tmp_path):
     same = low_mean(bank["features"], bank["norms"]) @ low_mean(proto["img_feats"], proto["norms"][:, 0])
     diff = low_mean(other["features"], other["norms"]) @ low_mean(proto["img_feats"], proto["norms"][:, 0])
     assert same > 0.8 > 0.3 > diff
+
+
+def test_refuses_to_overwrite_a_real_ijb_tree(tmp_path):
+    """`facecoreset eval --data-root /data/ijb` without --protocol ijbc must not clobber real files."""
+    meta = tmp_path / "IJBC" / "meta"
+    meta.mkdir(parents=True)
+    real = meta / "ijbc_face_tid_mid.txt"
+    real.write_text("1.jpg 1 69544\n")
+    with pytest.raises(InputError, match="did not write.*--protocol ijbb/ijbc"):
+        generate_protocol(tmp_path, SyntheticConfig.preset("tiny"), progress=False)
+    assert real.read_text() == "1.jpg 1 69544\n"
