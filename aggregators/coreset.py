@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facecoreset_plugin.aggregator import Aggregator, _normalize
-from facecoreset_plugin.batching import RaggedSets
+from facecoreset_plugin.aggregator import Aggregator
 from facecoreset_plugin.errors import CheckpointError, InputError
 
 from .fps import CoreSelection, select_coreset
@@ -87,27 +86,6 @@ class _CoresetBase(Aggregator):
                                       scale=cfg.train_scale, tau=cfg.train_tau)
             return select_coreset(x, norms, mask, cfg.K, self.gamma, scale=cfg.eval_scale,
                                   tau=cfg.eval_tau, noise=cfg.eval_noise)
-
-    @torch.no_grad()
-    def aggregate_ragged(self, sets: RaggedSets, max_elements: int = 65536,
-                         device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
-        """Descriptors ``[S,D]`` and norms ``[S]`` of every set, in set order (float32, CPU).
-
-        Like the base class (size-bucketed padded batches), but the flat data is validated
-        once up front instead of every padded bucket.
-        """
-        if device is None:
-            device = self.gamma.device
-        if self.validate_args:
-            _check_ragged(sets)
-        out = torch.empty(sets.num_sets, sets.features.shape[1], dtype=torch.float32)
-        out_norms = torch.empty(sets.num_sets, dtype=torch.float32)
-        for idx in sets.buckets(max_elements=max_elements):
-            batch = sets.padded(idx).to(device)
-            unit, norm = _normalize(self.aggregate(batch.features, batch.norms, batch.mask, None, None))
-            out[idx] = unit.float().cpu()
-            out_norms[idx] = norm.float().cpu()
-        return out, out_norms
 
     def param_groups(self, weight_decay: float, gamma_lr: float | None = None) -> list[dict[str, Any]]:
         """AdamW parameter groups: ``gamma`` alone without weight decay (as in the paper).
@@ -215,19 +193,6 @@ class CoresetAttentionAggregator(_CoresetBase):
         x, norms = _raw_features(features, norms, mask, self.gamma.dtype)
         sel = self.select(x, norms, mask)
         return coreset_attention_forward(self, x, norms, mask, sel)
-
-
-def _check_ragged(sets: RaggedSets) -> None:
-    """Finite features and norms >= 0, non-empty sets (one cheap pass when all is well)."""
-    if not bool(torch.isfinite(sets.features.sum())) or not bool(torch.isfinite(sets.norms).all()):
-        bad = (~torch.isfinite(sets.features).all(-1) | ~torch.isfinite(sets.norms)).nonzero().flatten()
-        if len(bad):
-            raise InputError(f"NaN or Inf in features/norms at flat rows {bad[:10].tolist()}")
-    if bool((sets.norms < 0).any()):
-        raise InputError(f"norms must be >= 0; negative at flat rows {(sets.norms < 0).nonzero().flatten()[:10].tolist()}")
-    empty = (sets.sizes == 0).nonzero().flatten()
-    if len(empty):
-        raise InputError(f"every set needs at least one element; empty sets at positions {empty[:10].tolist()}")
 
 
 def _raw_features(features: Tensor, norms: Tensor, mask: Tensor, dtype: torch.dtype = torch.float32

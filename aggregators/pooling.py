@@ -30,10 +30,7 @@ class _PoolingAggregator(Aggregator):
     def aggregate_ragged(self, sets: RaggedSets, max_elements: int = 65536, device=None):
         """Segment reduction over the flat rows (no padding at all)."""
         if self.validate_args:
-            if not bool(torch.isfinite(sets.features).all()) or not bool(torch.isfinite(sets.norms).all()):
-                from facecoreset_plugin.errors import InputError
-
-                raise InputError("NaN or Inf in features/norms")
+            sets.validate()
         device = torch.device(device) if device is not None else torch.device("cpu")
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         raw = self.reduce(sets.features.to(device), sets.norms.to(device), sets.segment_ids().to(device),

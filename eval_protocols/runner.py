@@ -19,7 +19,6 @@ from torch import Tensor
 
 from facecoreset_plugin.aggregator import Aggregator
 from facecoreset_plugin.batching import RaggedSets
-from facecoreset_plugin.errors import InputError
 
 from .identification import mean_over_galleries, open_set_identification
 from .metrics import FARS, verification_report
@@ -76,17 +75,12 @@ def aggregate_templates(aggregator: Aggregator, templates: RaggedSets, device: t
 
 
 def check_templates(templates: RaggedSets) -> None:
-    """Validate the flat template rows once (finite features and norms, positive norms).
+    """Validate the flat template rows once for every aggregator of a run.
 
     Raises:
         InputError: naming the first bad rows.
     """
-    lengths = torch.linalg.vector_norm(templates.features.float(), dim=1)  # NaN/Inf propagate
-    bad = ~torch.isfinite(lengths) | ~torch.isfinite(templates.norms) | (templates.norms < 0)
-    if bool(bad.any()):
-        rows = torch.nonzero(bad).flatten()[:10].tolist()
-        raise InputError(f"NaN/Inf features or bad norms in template rows {rows} (rows grouped by template); "
-                         "check the feature file")
+    templates.validate()
 
 
 @contextmanager

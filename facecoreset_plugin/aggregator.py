@@ -117,15 +117,18 @@ class Aggregator(nn.Module):
                          device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
         """Descriptors ``[S,D]`` and norms ``[S]`` of every set of ``sets``, in set order.
 
-        The default pads size-bucketed groups of sets and calls :meth:`embed`; the result
-        lives on CPU in float32.
+        The default validates the flat rows once (when ``validate_args``), then aggregates
+        size-bucketed padded batches; the result lives on CPU in float32.
         """
+        if self.validate_args:
+            sets.validate()
         device = torch.device(device) if device is not None else _module_device(self)
         out = torch.empty(sets.num_sets, sets.features.shape[1], dtype=torch.float32)
         out_norms = torch.empty(sets.num_sets, dtype=torch.float32)
         for idx in sets.buckets(max_elements=max_elements):
             batch = sets.padded(idx).to(device)
-            desc, norm = self.embed(**batch.inputs())
+            desc, norm = _normalize(self.aggregate(batch.features, batch.norms, batch.mask, batch.media,
+                                                   batch.faceness))
             out[idx] = desc.float().cpu()
             out_norms[idx] = norm.float().cpu()
         return out, out_norms

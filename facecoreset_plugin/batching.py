@@ -81,6 +81,28 @@ class RaggedSets:
         pick = lambda t: None if t is None else t[order]  # noqa: E731
         return cls(features[order], norms[order], offsets, pick(media), pick(faceness), ids)
 
+    def validate(self) -> None:
+        """Check the flat rows once: no empty set, finite features/norms/faceness, norms >= 0.
+
+        Raises:
+            InputError: naming the first bad flat rows (rows are grouped by set) or empty sets.
+        """
+        empty = torch.nonzero(self.sizes == 0).flatten()
+        if len(empty):
+            raise InputError(f"every set needs at least one element; empty sets at positions {empty[:10].tolist()}")
+        # fast path: one reduction per row; the exact check only on suspicion
+        if not bool(torch.isfinite(self.features.sum(-1)).all()) or not bool(torch.isfinite(self.norms).all()):
+            bad = torch.nonzero(~torch.isfinite(self.features).all(-1) | ~torch.isfinite(self.norms)).flatten()
+            if len(bad):
+                raise InputError(f"NaN or Inf in features/norms at flat rows {bad[:10].tolist()} "
+                                 "(rows grouped by set); check the feature file")
+        negative = torch.nonzero(self.norms < 0).flatten()
+        if len(negative):
+            raise InputError(f"norms must be >= 0; negative at flat rows {negative[:10].tolist()}")
+        if self.faceness is not None and not bool(torch.isfinite(self.faceness).all()):
+            bad = torch.nonzero(~torch.isfinite(self.faceness)).flatten()
+            raise InputError(f"NaN or Inf in faceness at flat rows {bad[:10].tolist()}")
+
     @property
     def num_sets(self) -> int:
         return len(self.offsets) - 1

@@ -89,3 +89,17 @@ def test_bad_input_gets_a_clear_error(aggregator, make_sets, case, match):
         kwargs["mask"][1] = False
     with pytest.raises(InputError, match=match):
         aggregator(**kwargs)
+
+
+def test_ragged_input_is_validated_once_with_clear_errors(aggregator):
+    f = torch.nn.functional.normalize(torch.randn(5, DIM), dim=-1)
+    n = torch.rand(5) + 0.5
+    empty = RaggedSets(f, n, torch.tensor([0, 2, 2, 5]))  # the middle set has no element
+    with pytest.raises(InputError, match=r"empty sets at positions \[1\]"):
+        aggregator.aggregate_ragged(empty)
+    bad = f.clone()
+    bad[3, 7] = float("inf")
+    with pytest.raises(InputError, match=r"NaN or Inf .* flat rows \[3\]"):
+        aggregator.aggregate_ragged(RaggedSets(bad, n, torch.tensor([0, 2, 5])))
+    with pytest.raises(InputError, match=r"norms must be >= 0; negative at flat rows \[0\]"):
+        aggregator.aggregate_ragged(RaggedSets(f, n * torch.tensor([-1.0, 1, 1, 1, 1]), torch.tensor([0, 2, 5])))

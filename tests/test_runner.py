@@ -71,7 +71,7 @@ def test_bad_rows_refused_once_before_aggregating(data):
     bad = type(t)(t.features.clone(), t.norms.clone(), t.offsets, t.media, t.faceness, t.set_ids)
     bad.features[5, 3] = float("nan")
     bad.norms[9] = float("inf")
-    with pytest.raises(InputError, match=r"template rows \[5, 9\]"):
+    with pytest.raises(InputError, match=r"flat rows \[5, 9\].*check the feature file"):
         check_templates(bad)
     agg = fp.load("mean")
     evaluate(data, {"m": agg}, fars=(0.1,), progress=False)
