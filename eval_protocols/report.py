@@ -10,6 +10,9 @@ __all__ = ["write_report", "results_document", "markdown_tables", "sanitize", "p
 
 import json
 import math
+import os
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -133,9 +136,11 @@ def _style_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
 
 
 def _save_figure(plt, fig, path: Path) -> None:
-    with atomic_write(path) as fh:
-        fig.savefig(fh, format="png", bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_write(path) as fh:
+            fig.savefig(fh, format="png", bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def plot_dir(path: Path, output: EvaluationOutput, title: str) -> bool:
@@ -187,19 +192,28 @@ def write_report(output_dir: str | Path, protocol: str, output: EvaluationOutput
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    _write_npz(out / "scores.npz", output, np.asarray(labels))
-    written["scores"] = out / "scores.npz"
-    if plots:
-        if plot_roc(out / "roc.png", output, f"{protocol} 1:1"):
-            written["roc"] = out / "roc.png"
-        if plot_dir(out / "dir.png", output, f"{protocol} 1:N"):
-            written["dir"] = out / "dir.png"
-    doc = results_document(protocol, output, summary, far_rule, extra)
-    with atomic_write(out / "results.md", "w") as fh:
-        fh.write(markdown_tables(doc, fars))
-    written["markdown"] = out / "results.md"
-    with atomic_write(out / "results.json", "w") as fh:
-        json.dump(doc, fh, indent=1, allow_nan=False)
-    written["json"] = out / "results.json"
+    # every file is staged first and moved in at the end (results.json last), so an interrupted
+    # run leaves the previous outputs whole and never a mix of old and new files
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        staged: dict[str, Path] = {}
+        _write_npz(staging / "scores.npz", output, np.asarray(labels))
+        staged["scores"] = staging / "scores.npz"
+        if plots:
+            if plot_roc(staging / "roc.png", output, f"{protocol} 1:1"):
+                staged["roc"] = staging / "roc.png"
+            if plot_dir(staging / "dir.png", output, f"{protocol} 1:N"):
+                staged["dir"] = staging / "dir.png"
+        doc = results_document(protocol, output, summary, far_rule, extra)
+        with atomic_write(staging / "results.md", "w") as fh:
+            fh.write(markdown_tables(doc, fars))
+        staged["markdown"] = staging / "results.md"
+        with atomic_write(staging / "results.json", "w") as fh:
+            json.dump(doc, fh, indent=1, allow_nan=False)
+        staged["json"] = staging / "results.json"
+        written = {kind: out / path.name for kind, path in staged.items()}
+        for kind, path in staged.items():
+            os.replace(path, written[kind])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return written

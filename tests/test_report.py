@@ -58,6 +58,8 @@ def test_interrupted_run_keeps_the_old_results(run, tmp_path, monkeypatch):
         report.write_report(tmp_path, "other", out, data.labels.numpy())
     assert (tmp_path / "results.json").read_text() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert "synthetic" in (tmp_path / "results.md").read_text()  # no new markdown beside the old json
+    assert "other" not in (tmp_path / "results.md").read_text()
 
 
 def test_sanitize():
