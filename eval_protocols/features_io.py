@@ -8,7 +8,7 @@ normalised and their length is taken as the norm when ``norms`` is absent.
 
 from __future__ import annotations
 
-__all__ = ["ImageFeatures", "read_features", "write_features", "FEATURE_SUFFIXES"]
+__all__ = ["ImageFeatures", "read_features", "write_features", "read_array_file", "FEATURE_SUFFIXES", "ARRAY_SUFFIXES"]
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +19,7 @@ from facecoreset_plugin.errors import InputError
 from facecoreset_plugin.safe_io import atomic_write, safe_pickle_load
 
 FEATURE_SUFFIXES = (".pkl", ".pickle", ".npz", ".safetensors")
+ARRAY_SUFFIXES = (".npz", ".safetensors")  # what read_array_file reads
 
 
 @dataclass
@@ -38,6 +39,59 @@ class ImageFeatures:
         return int(self.features.shape[1])
 
 
+def read_array_file(path: str | Path) -> dict[str, np.ndarray]:
+    """Read every array of a ``.npz`` or ``.safetensors`` file, never unpickling anything.
+
+    Args:
+        path: an existing ``.npz`` (``np.savez``/``np.savez_compressed``) or ``.safetensors`` file.
+
+    Returns:
+        ``{name: array}`` for each stored array.
+
+    Raises:
+        InputError: another suffix, or a corrupt, truncated or pickled file (message names the file).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _read_npz(path)
+    if suffix == ".safetensors":
+        import torch
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # SafetensorError (bad header, truncated), OSError
+            raise InputError(f"{path}: not a readable .safetensors file ({type(exc).__name__}: {exc}); "
+                             "re-save it with safetensors' save_file") from exc
+        numpy_floats = (torch.float16, torch.float32, torch.float64)
+        # bfloat16/float8 have no numpy dtype: widen them to float32 (exact)
+        return {k: (t.float() if t.is_floating_point() and t.dtype not in numpy_floats else t).numpy()
+                for k, t in tensors.items()}
+    raise InputError(f"{path}: unsupported array file suffix {suffix!r}; use .npz or .safetensors")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a readable .npz file (not a zip archive); re-save it with numpy.savez")
+    try:
+        fast = _read_stored_npz(path)
+        if fast is not None:
+            return fast
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except ValueError as exc:
+        if "pickle" in str(exc):  # object arrays: loading them would unpickle, refused
+            raise InputError(f"{path}: unreadable .npz without pickle ({exc}); "
+                             "re-save plain numeric arrays with numpy.savez") from exc
+        raise InputError(f"{path}: not a readable .npz file (ValueError: {exc}); re-save it with numpy.savez") from exc
+    except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError
+        raise InputError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc}); "
+                         "re-save it with numpy.savez") from exc
+
+
 def _load_mapping(path: Path) -> dict:
     suffix = path.suffix.lower()
     if suffix in (".pkl", ".pickle"):
@@ -45,28 +99,8 @@ def _load_mapping(path: Path) -> dict:
         if not isinstance(obj, dict):
             raise InputError(f"{path}: expected a dict with 'img_feats', 'norms', 'faceness_scores', got {type(obj).__name__}")
         return obj
-    if suffix == ".npz":
-        import zipfile
-
-        if not zipfile.is_zipfile(path):
-            raise InputError(f"{path}: not a readable .npz file (not a zip archive); re-save it with numpy.savez")
-        fast = _read_stored_npz(path)
-        if fast is not None:
-            return fast
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-        except ValueError as exc:  # object arrays need pickle: refused
-            raise InputError(f"{path}: unreadable .npz ({exc}); save plain numeric arrays") from exc
-        except Exception as exc:  # zipfile.BadZipFile, OSError
-            raise InputError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from exc
-    if suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise InputError(f"{path}: not a readable .safetensors file ({type(exc).__name__}: {exc})") from exc
+    if suffix in ARRAY_SUFFIXES:
+        return read_array_file(path)
     raise InputError(f"{path}: unsupported feature file suffix {suffix!r}; use one of {', '.join(FEATURE_SUFFIXES)}")
 
 
@@ -106,7 +140,10 @@ def _read_stored_npz(path: Path) -> dict | None:
             start = fh.tell()
             if start - (info.header_offset + 30 + name_len + extra_len) + count * dtype.itemsize != info.file_size:
                 return None
-            arr = np.fromfile(fh, dtype=dtype, count=count).reshape(shape)
+            arr = np.fromfile(fh, dtype=dtype, count=count)
+            if arr.size != count:  # cut short: let np.load report it
+                return None
+            arr = arr.reshape(shape)
             out[info.filename[:-4]] = arr
     return out
 

@@ -7,7 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
-from eval_protocols.features_io import read_features, write_features
+from eval_protocols.features_io import read_array_file, read_features, write_features
 from facecoreset_plugin.errors import InputError, UnsafeFileError
 
 
@@ -125,3 +125,30 @@ def test_compressed_npz_and_fast_path_agree(tmp_path):
     assert _read_stored_npz(tmp_path / "obj.npz") is None
     with pytest.raises(InputError, match="unreadable .npz"):
         read_features(tmp_path / "obj.npz")
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_read_array_file_returns_every_array_as_stored(tmp_path, suffix):
+    f, n, q = _features(m=7, d=5)
+    ids = np.arange(7, dtype=np.int64) * 3
+    path = tmp_path / f"a{suffix}"
+    if suffix == ".npz":
+        np.savez(path, f=f, n=n, ids=ids)
+    else:
+        from safetensors.numpy import save_file
+
+        save_file({"f": f, "n": n, "ids": ids}, str(path))
+    got = read_array_file(path)
+    assert set(got) == {"f", "n", "ids"} and got["ids"].dtype == np.int64
+    for key, want in (("f", f), ("n", n), ("ids", ids)):
+        np.testing.assert_array_equal(got[key], want)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_truncated_feature_files_name_the_file(tmp_path, suffix):
+    f, n, q = _features()
+    good = write_features(tmp_path / f"good{suffix}", f, n, q)
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size - 9])
+    with pytest.raises(InputError, match=rf"cut\{suffix}: not a readable \{suffix} file"):
+        read_features(cut)

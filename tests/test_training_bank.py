@@ -79,3 +79,56 @@ def test_split_identities_is_disjoint_seeded_and_complete():
     assert split_identities(bank, 0.0, seed=3)[1] is None
     with pytest.raises(InputError, match="too few"):
         split_identities(FeatureBank(f[:6], n[:6], torch.arange(6) % 3), 0.5, seed=0)
+
+
+def _corrupt(kind, tmp_path):
+    """Write a damaged bank file of the given kind and return its path."""
+    f, n, labels = _arrays()
+    if kind == "garbage.npz":
+        path = tmp_path / kind
+        path.write_bytes(b"definitely not a zip archive")
+    elif kind == "garbage.safetensors":
+        path = tmp_path / kind
+        path.write_bytes(b"\xff" * 64)
+    elif kind.startswith("truncated"):
+        suffix = kind.split(".", 1)[1]
+        good = save_bank(tmp_path / f"good.{suffix}", f, n, labels)
+        path = tmp_path / kind
+        path.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "bad-member.npz":  # zip directory intact, a member's bytes overwritten
+        good = save_bank(tmp_path / "good.npz", f, n, labels)
+        data = bytearray(good.read_bytes())
+        data[4:40] = b"\x00" * 36  # first local header (its signature kept) and .npy magic
+        path = tmp_path / kind
+        path.write_bytes(bytes(data))
+    else:  # empty
+        path = tmp_path / kind
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["garbage.npz", "garbage.safetensors", "truncated.npz", "truncated.safetensors",
+                                  "bad-member.npz", "empty.safetensors", "empty.npz"])
+def test_corrupt_bank_files_raise_input_error_naming_the_file(tmp_path, kind):
+    path = _corrupt(kind, tmp_path)
+    with pytest.raises(InputError, match=r"not a readable \.(npz|safetensors) file.*re-save") as info:
+        load_bank(path)
+    assert str(path) in str(info.value)
+
+
+def test_wrong_suffix_names_the_file_and_the_formats(tmp_path):
+    f, n, labels = _arrays()
+    save_bank(tmp_path / "b.npz", f, n, labels)
+    (tmp_path / "b.npy").write_bytes((tmp_path / "b.npz").read_bytes())
+    with pytest.raises(InputError, match=r"b\.npy: unsupported array file suffix '\.npy'; use \.npz or \.safetensors"):
+        load_bank(tmp_path / "b.npy")
+
+
+def test_bfloat16_safetensors_bank_is_widened(tmp_path):
+    from safetensors.torch import save_file
+
+    f, n, labels = _arrays()
+    save_file({"features": f.bfloat16(), "norms": n.bfloat16(), "labels": labels}, str(tmp_path / "h.safetensors"))
+    bank = load_bank(tmp_path / "h.safetensors")
+    assert bank.features.dtype == torch.float32
+    torch.testing.assert_close(bank.norms[:, 0], n.bfloat16().float(), rtol=0, atol=0)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from eval_protocols.features_io import read_array_file
 from facecoreset_plugin.errors import InputError
 from facecoreset_plugin.safe_io import atomic_write
 
@@ -111,25 +112,14 @@ def load_bank(path: str | Path) -> FeatureBank:
     """Read and validate a bank file (``.npz`` or ``.safetensors``).
 
     Raises:
-        InputError: unknown suffix, missing keys, wrong shapes or dtypes, non-unit rows.
+        InputError: unknown suffix, corrupt or truncated file, missing keys, wrong shapes or dtypes,
+            non-unit rows.
         FileNotFoundError: no such file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(2, "feature bank not found", str(path))
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except ValueError as exc:  # object arrays would need pickle
-            raise InputError(f"{path}: unreadable .npz without pickle ({exc}); save plain numeric arrays") from exc
-    elif suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        arrays = load_file(str(path))
-    else:
-        raise InputError(f"{path}: unknown bank format {suffix!r}; use .npz or .safetensors")
+    arrays = read_array_file(path)  # InputError naming the file for a wrong suffix or a corrupt file
     missing = [k for k in _REQUIRED if k not in arrays]
     if missing:
         raise InputError(f"{path}: missing key(s) {missing}; a bank holds {list(_REQUIRED)} and optional 'media' "
