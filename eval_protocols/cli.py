@@ -104,17 +104,9 @@ def default_aggregators(shipped: bool = True) -> dict[str, str | None]:
 
 
 def _check_device(device: str) -> str:
-    import torch
+    from facecoreset_plugin.devices import resolve_device
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise InputError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available in this torch build/machine; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return str(dev)
+    return str(resolve_device(device))
 
 
 def _build_aggregators(names: list[str] | None, checkpoints: dict[str, str], synthetic: bool) -> dict[str, Any]:
@@ -190,6 +182,9 @@ def run(args: argparse.Namespace) -> int:
             if not args.backbone:
                 raise InputError(f"--protocol {args.protocol} needs --features FILE, or --backbone NAME to extract "
                                  "features from the loose crops first")
+            if backbone_ckpt is None:
+                raise InputError(f"--backbone {args.backbone} has no weights: pass --checkpoint PATH (the backbone "
+                                 "checkpoint, without NAME=); random weights would give meaningless features")
             from facecoreset_plugin.backbones.extract import extract_features
 
             # cached per backbone; same settings reuse the file, changed settings recompute it
@@ -205,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
                  "checkpoints": {n: named.get(n) or str(shipped_checkpoint(n)) for n in aggregators
                                  if n in named or getattr(type(aggregators[n]), "needs_checkpoint", False)}}
         written = write_report(output, args.protocol, result, data.labels.numpy(), data.summary(), args.far_rule,
-                               extra=extra)
+                               plots=not args.no_plots, extra=extra)
     finally:
         if tmp is not None:
             tmp.cleanup()

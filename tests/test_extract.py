@@ -165,6 +165,49 @@ def test_dataloader_workers_and_registered_ir18(ijb, tmp_path):
         assert np.isfinite(f["img_feats"]).all() and (f["norms"] > 0).all()
 
 
+def test_worker_errors_keep_their_one_line_message(ijb, tmp_path):
+    """An InputError raised inside a DataLoader worker reaches the caller without the worker's traceback."""
+    missing = ijb / "IJBC" / "loose_crop" / "7.png"
+    missing.unlink()
+    with pytest.raises(InputError) as info:
+        _run(ijb, tmp_path / "w.npz", workers=2, batch_size=2, chunk_size=4)
+    msg = str(info.value)
+    assert msg == f"image {missing} listed in the 5pts file is missing"
+    assert "Traceback" not in msg and "DataLoader worker" not in msg and info.value.__suppress_context__
+
+
+def test_other_data_root_with_the_same_image_count_is_not_served_from_the_cache(tmp_path):
+    first = make_ijb(tmp_path / "a", seed=0)
+    second = make_ijb(tmp_path / "b", seed=1)  # same 10 names, other pixels and landmarks
+    out = tmp_path / "f.npz"
+    _run(first, out)
+    with pytest.raises(InputError, match=r"other data_root.*name_5pts|other .*data_root"):
+        _run(second, out)
+    _run(second, out, overwrite=True)
+    unit, norms, faces = reference_features(second)
+    with np.load(out) as f:
+        np.testing.assert_allclose(f["img_feats"], unit, atol=1e-5)
+        np.testing.assert_allclose(f["faceness_scores"], faces)
+
+
+def test_edited_5pts_file_is_not_served_from_the_cache(ijb, tmp_path):
+    import os
+
+    out = tmp_path / "f.npz"
+    _run(ijb, out)
+    meta = ijb / "IJBC" / "meta" / "ijbc_name_5pts_score.txt"
+    lines = meta.read_text().splitlines()
+    lines[0] = lines[0][: lines[0].rindex(" ")] + " 0.1234"  # same count, one faceness edited
+    meta.write_text("\n".join(lines) + "\n")
+    st = meta.stat()
+    os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(InputError, match="other name_5pts"):
+        _run(ijb, out)
+    _run(ijb, out, overwrite=True)
+    with np.load(out) as f:
+        assert f["faceness_scores"][0] == pytest.approx(0.1234)
+
+
 def test_chunk_and_shard_functions():
     assert chunk_bounds(10, 4) == [(0, 4), (4, 8), (8, 10)]
     assert chunk_bounds(0, 4) == []
@@ -198,7 +241,7 @@ def test_input_errors(tmp_path, ijb):
         extract_features("ijbb", ijb, tiny_factory, None, tmp_path / "x.npz", workers=0, progress=False)
     with pytest.raises(InputError, match=r"\.npz or \.safetensors"):
         _run(ijb, tmp_path / "x.pkl")
-    with pytest.raises(InputError, match="unknown IJB protocol"):
+    with pytest.raises(InputError, match="unknown IJB variant 'lfw'; valid: ijbb, ijbc"):
         extract_features("lfw", ijb, tiny_factory, None, tmp_path / "x.npz", workers=0, progress=False)
     (ijb / "IJBC" / "loose_crop" / "3.png").unlink()
     with pytest.raises(InputError, match="3.png listed in the 5pts file is missing"):
@@ -207,7 +250,7 @@ def test_input_errors(tmp_path, ijb):
     meta.write_text(meta.read_text() + "bad.png 1 2 3\n")
     with pytest.raises(InputError, match=r"(:11|line 11)"):
         _run(ijb, tmp_path / "y.npz")
-    with pytest.raises(InputError, match="CUDA is not available|not a torch device"):
+    with pytest.raises(InputError, match="CUDA is not available|'nope' is not a device"):
         _run(make_ijb(tmp_path / "d2"), tmp_path / "z.npz", device="cuda" if not torch.cuda.is_available() else "nope")
 
 

@@ -63,6 +63,10 @@ def test_export_makes_a_small_half_precision_checkpoint(tmp_path):
     (["train", "coreset_attention"], "exactly one of --train-features"),
     (["train", "coreset_attention", "--train-images", "X"], "needs --backbone"),
     (["train", "coreset_attention", "--train-features", "B", "--head", "adaface", "--steps", "0"], "steps"),
+    (["train", "coreset_attention", "--train-features", "B", "--device", "cuda:abc"], "'cuda:abc' is not a device"),
+    pytest.param(["train", "coreset_attention", "--train-features", "B", "--device", "cuda"],
+                 "--device cuda: CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")),
 ])
 def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, message):
     bank = _bank(tmp_path / "b.npz")
@@ -71,7 +75,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, capsys, argv, message):
         argv += ["--train-features", str(bank)]
     assert main([*argv, "--output", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
 
 
 def test_parse_options_reads_json_values():

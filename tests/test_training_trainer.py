@@ -150,6 +150,15 @@ def test_untrainable_model_and_bad_options_are_user_errors(tmp_path):
         train(AttnPool(), toy_bank(), tmp_path, small_config(steps=0), progress=False)
 
 
+def test_bad_device_is_a_user_error_before_any_work(tmp_path):
+    with pytest.raises(InputError, match="'cuda:abc' is not a device"):
+        train(AttnPool(), toy_bank(), tmp_path, small_config(), device="cuda:abc", progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            train(AttnPool(), toy_bank(), tmp_path, small_config(), device="cuda", progress=False)
+    assert not (tmp_path / "last.ckpt").exists()
+
+
 def test_export_writes_half_weights_that_load_in_float32(tmp_path):
     torch.manual_seed(0)
     model = AttnPool()

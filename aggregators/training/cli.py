@@ -131,7 +131,7 @@ def _train_config(args: argparse.Namespace) -> Any:
     ).validate()
 
 
-def _bank_path(args: argparse.Namespace, output: Path, main: bool) -> Path:
+def _bank_path(args: argparse.Namespace, output: Path, main: bool, device: Any = "cpu") -> Path:
     from facecoreset_plugin.errors import InputError
 
     if bool(args.train_features) == bool(args.train_images):
@@ -147,7 +147,7 @@ def _bank_path(args: argparse.Namespace, output: Path, main: bool) -> Path:
         from .image_bank import bank_from_image_folder
 
         backbone = load_backbone(args.backbone, checkpoint=args.backbone_checkpoint)
-        bank_from_image_folder(args.train_images, backbone, bank, device=args.device, progress=not args.no_progress)
+        bank_from_image_folder(args.train_images, backbone, bank, device=device, progress=not args.no_progress)
     return bank
 
 
@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     """Train, then print where best.ckpt is and its validation metric."""
     import torch
 
+    from facecoreset_plugin.devices import resolve_device
     from facecoreset_plugin.errors import InputError
 
     from .bank import load_bank, split_identities
@@ -163,9 +164,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args)
     info = dist_info()
+    device = resolve_device(args.device, info.local_rank if info.world_size > 1 else None)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    bank_path = _bank_path(args, output, info.is_main)
+    bank_path = _bank_path(args, output, info.is_main, device)
     if info.world_size > 1 and args.train_images:
         _wait_for(bank_path)
     bank = load_bank(bank_path)
@@ -195,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
                   "bank_identities": bank.num_classes, "train_identities": train_bank.num_classes,
                   "validation": args.val_protocol or f"held-out {args.val_fraction:g} of bank identities",
                   "world_size": info.world_size}
-    result = train(model, train_bank, output, cfg, validator=validator, device=args.device,
+    result = train(model, train_bank, output, cfg, validator=validator, device=device,
                    resume=not args.no_resume, progress=not args.no_progress, extra={"provenance": provenance})
     if not info.is_main:
         return 0

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facecoreset_plugin.checkpoint import CHECKPOINT_FORMAT, read_checkpoint, save_checkpoint
+from facecoreset_plugin.devices import resolve_device
 from facecoreset_plugin.errors import CheckpointError, InputError
 from facecoreset_plugin.safe_io import atomic_write
 
@@ -166,21 +167,20 @@ def train(model: nn.Module, bank: FeatureBank, output: str | Path, config: Train
         config: training options.
         validator: held-out metric for model selection (``best.ckpt`` = its maximum); without
             one, ``best.ckpt`` is the last step.
-        device: where to train; under torchrun on CUDA each rank uses ``cuda:LOCAL_RANK``.
+        device: where to train (checked by :func:`facecoreset_plugin.devices.resolve_device`); under
+            torchrun a bare ``cuda`` means ``cuda:LOCAL_RANK``.
         resume: continue from ``output/last.ckpt`` when it exists.
         progress: show a progress bar (rank 0 only).
         extra: plain data stored in every checkpoint (provenance: bank path, command ...).
 
     Raises:
-        InputError: bad options, or a bank whose width does not fit the model.
+        InputError: bad options, a device this machine lacks, or a bank whose width does not fit the model.
         CheckpointError: ``last.ckpt`` of another model or run setup.
     """
     cfg = config.validate()
     info = dist_info()
-    device = torch.device(device)
-    if device.type == "cuda" and info.world_size > 1:
-        device = torch.device("cuda", info.local_rank)
-    if device.type == "cuda" and device.index is not None:
+    device = resolve_device(device, info.local_rank if info.world_size > 1 else None)
+    if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives (all_gather_object) use the current device
     created = _init_distributed(info, device)
     try:

@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..devices import resolve_device
+from ..errors import FacecoresetError, InputError
 from ..safe_io import atomic_write
 from .base import split_norm
 
@@ -97,21 +98,9 @@ def _dist_info() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _resolve_device(device: str, world: int, local_rank: int) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise InputError(f"--device {device!r} is not a torch device (use cpu, cuda, cuda:1, ...)") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"--device {device}: CUDA is not available here; use --device cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
-    return dev
-
-
-def _settings(protocol: str, n_images: int, backbone: Any, checkpoint: str | None, flip: bool, amp: bool,
-              chunk_size: int, backbone_config: dict[str, Any]) -> dict[str, Any]:
+def _settings(protocol: str, data_root: str | Path, meta_file: Path, n_images: int, backbone: Any,
+              checkpoint: str | None, flip: bool, amp: bool, chunk_size: int,
+              backbone_config: dict[str, Any]) -> dict[str, Any]:
     name = backbone if isinstance(backbone, str) else f"{backbone.__module__}.{backbone.__qualname__}"
     ckpt: dict[str, Any] | None = None
     if checkpoint is not None:
@@ -120,11 +109,32 @@ def _settings(protocol: str, n_images: int, backbone: Any, checkpoint: str | Non
             raise InputError(f"--checkpoint {checkpoint} not found")
         st = p.stat()
         ckpt = {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    meta = meta_file.stat()
     return {
         "protocol": protocol.lower(), "n_images": n_images, "backbone": name, "checkpoint": ckpt,
+        "data_root": str(Path(data_root).resolve()),
+        "name_5pts": {"size": meta.st_size, "mtime_ns": meta.st_mtime_ns},
         "backbone_config": {k: repr(v) for k, v in sorted(backbone_config.items())},
         "flip": bool(flip), "amp": bool(amp), "chunk_size": int(chunk_size),
     }
+
+
+def _worker_message(exc: BaseException) -> str:
+    """The original one-line message of an error torch re-raised from a DataLoader worker.
+
+    Torch rebuilds the error with "Caught X in DataLoader worker ... Original Traceback ..." as its
+    message; the user's message is what follows ``<module>.<Class>: `` on the traceback's last line.
+    """
+    text = str(exc)
+    if "Traceback (most recent call last)" not in text:
+        return text
+    cls = type(exc)
+    marker = f"{cls.__module__}.{cls.__qualname__}: "
+    at = text.rfind(marker)
+    if at >= 0:
+        return text[at + len(marker):].strip()
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].partition(": ")[2].strip() or lines[-1].strip()
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -201,7 +211,8 @@ def extract_features(
     config = dict(backbone_config or {})
     images = read_5pts(protocol, data_root)
     n = len(images.names)
-    settings = _settings(protocol, n, backbone, checkpoint, flip, amp, chunk_size, config)
+    settings = _settings(protocol, data_root, images.meta_file, n, backbone, checkpoint, flip, amp, chunk_size,
+                         config)
     bounds = chunk_bounds(n, chunk_size)
     batches_for_chunks(bounds[:1], batch_size)  # validates batch_size early
     sidecar = output.with_name(output.name + ".extract.json")
@@ -229,7 +240,7 @@ def extract_features(
             shutil.rmtree(parts)
         for old in (output, sidecar):
             old.unlink(missing_ok=True)
-    dev = _resolve_device(device, world, local_rank)
+    dev = resolve_device(device, local_rank if world > 1 else None)
     group = _init_distributed(dev) if world > 1 else None
     try:
         if rank == 0:
@@ -302,6 +313,11 @@ def _run_chunks(images: Any, bounds: list[tuple[int, int]], pending: list[int], 
                 rows, filled = [], 0
                 if queue:
                     start, end = bounds[queue[0]]
+    except FacecoresetError as exc:  # from a worker, torch puts the worker's traceback in the message
+        message = _worker_message(exc)
+        if message == str(exc):
+            raise
+        raise type(exc)(message) from None
     finally:
         bar.close()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["IJBImages", "ijb_paths", "read_5pts", "AlignedFaces"]
+__all__ = ["IJBImages", "read_5pts", "AlignedFaces"]
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +15,6 @@ from torch.utils.data import Dataset
 from ..errors import InputError
 from .align import align_face
 
-_PROTOCOLS = {"ijbb": "IJBB", "ijbc": "IJBC"}
-
 
 @dataclass(frozen=True)
 class IJBImages:
@@ -26,30 +24,26 @@ class IJBImages:
     names: list[str]  # image file names, row order of the features
     landmarks: np.ndarray  # float32 [M,5,2] landmarks in loose-crop pixels
     faceness: np.ndarray  # float32 [M] detector scores
-
-
-def ijb_paths(protocol: str, data_root: str | Path) -> tuple[Path, Path]:
-    """``(<root>/IJB?/meta/ijb?_name_5pts_score.txt, <root>/IJB?/loose_crop)`` for ``ijbb`` / ``ijbc``."""
-    key = protocol.lower()
-    if key not in _PROTOCOLS:
-        raise InputError(f"unknown IJB protocol {protocol!r}; choose one of {sorted(_PROTOCOLS)}")
-    base = Path(data_root) / _PROTOCOLS[key]
-    return base / "meta" / f"{key}_name_5pts_score.txt", base / "loose_crop"
+    meta_file: Path  # the ijb?_name_5pts_score.txt these rows were read from
 
 
 def read_5pts(protocol: str, data_root: str | Path) -> IJBImages:
-    """Read ``ijb?_name_5pts_score.txt`` with the IJB runner's strict parser and check the image folder."""
-    meta, image_dir = ijb_paths(protocol, data_root)
+    """Read ``ijb?_name_5pts_score.txt`` with the IJB runner's strict parser and check the image folder.
+
+    The layout (which file, which image folder) is :func:`eval_protocols.ijb_files.meta_paths`'.
+    """
+    from eval_protocols.ijb_files import meta_paths, read_name_5pts_score
+
+    paths = meta_paths(data_root, protocol.lower())
+    meta, image_dir = paths.name_5pts_score, paths.image_dir
     if not meta.is_file():
         raise InputError(f"{meta} not found; --data-root must hold {meta.parent.parent.name}/meta/{meta.name}")
     if not image_dir.is_dir():
         raise InputError(f"{image_dir} not found; the loose crops must be in {image_dir}")
-    from eval_protocols.ijb_files import read_name_5pts_score
-
     names, lm, faceness = read_name_5pts_score(meta)
     if not names:
         raise InputError(f"{meta}: no images listed")
-    return IJBImages(image_dir, list(names), np.asarray(lm, np.float32), np.asarray(faceness, np.float32))
+    return IJBImages(image_dir, list(names), np.asarray(lm, np.float32), np.asarray(faceness, np.float32), meta)
 
 
 def _read_rgb(path: Path) -> torch.Tensor:
