@@ -7,11 +7,11 @@ value to maximise.
 
 from __future__ import annotations
 
-__all__ = ["ValidationConfig", "BankValidator", "ProtocolValidator", "tar_at_far_strict", "far_key"]
+__all__ = ["ValidationConfig", "BankValidator", "ProtocolValidator", "pairwise_tar_at_far", "metric_name"]
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -33,19 +33,39 @@ class ValidationConfig:
     seed: int = 12345  # fixes the held-out templates across runs and resumes
 
 
-def far_key(far: float) -> str:
-    """Metric name of TAR at ``far``, e.g. ``tar@far=1e-04``."""
-    return f"tar@far={far:.0e}"
+def metric_name(far: float) -> str:
+    """Name of the TAR at ``far`` in validation results, e.g. ``tar@far=1e-04`` (``tar@far=0.25`` if not d*10^k).
+
+    The ``1e-04`` form is what checkpoints and ``best.json`` record; it differs from the report key
+    ``eval_protocols.metrics.far_key`` (``"0.0001"``) on purpose.
+    """
+    short = f"{far:.0e}"
+    return f"tar@far={short if float(short) == far else repr(float(far))}"
 
 
-def tar_at_far_strict(genuine: Tensor, impostor: Tensor, far: float) -> float:
-    """Largest TAR whose FAR is <= ``far`` (threshold: accept scores strictly above it)."""
-    if genuine.numel() == 0 or impostor.numel() == 0:
-        raise InputError("validation needs genuine and impostor pairs; hold out at least 2 identities")
-    allowed = int(far * impostor.numel())  # false accepts allowed
-    top = torch.topk(impostor.double(), min(allowed + 1, impostor.numel())).values
-    threshold = top[-1] if allowed < impostor.numel() else top[-1] - 1
-    return float((genuine.double() > threshold).double().mean())
+def pairwise_tar_at_far(desc: Tensor, labels: Tensor, fars: Sequence[float]) -> dict[str, float]:
+    """TAR at each FAR (``strict`` rule) over all pairs of template descriptors.
+
+    Args:
+        desc: [T,D] template descriptors (unit rows; cosine score = dot product).
+        labels: [T] identity of each template; a pair is genuine when the labels match.
+        fars: target FARs.
+
+    Returns:
+        ``{metric_name(far): tar}``, TAR as a fraction, computed by ``eval_protocols.metrics.tar_at_far``.
+    """
+    from eval_protocols.metrics import far_key, tar_at_far
+
+    labels = labels.to(desc.device)
+    iu = torch.triu_indices(len(desc), len(desc), offset=1, device=desc.device)
+    scores = (desc @ desc.T)[iu[0], iu[1]]
+    same = labels[iu[0]] == labels[iu[1]]
+    num_genuine = int(same.sum())
+    if num_genuine == 0 or num_genuine == same.numel():
+        raise InputError(f"validation needs genuine and impostor pairs, got {num_genuine} genuine of {same.numel()} "
+                         "pairs; hold out at least 2 identities with 2+ templates each")
+    table = tar_at_far(scores, same, fars, rule="strict")
+    return {metric_name(f): table[far_key(f)] for f in fars}
 
 
 class BankValidator:
@@ -58,7 +78,7 @@ class BankValidator:
     def __init__(self, bank: FeatureBank, sampler_config: SamplerConfig = SamplerConfig(),
                  config: ValidationConfig = ValidationConfig()) -> None:
         self.config = config
-        self.metric = far_key(config.select_far)
+        self.metric = metric_name(config.select_far)
         one = dataclasses.replace(sampler_config, sets_per_batch=1)
         sampler = SetSampler(bank, one, seed=config.seed, world_size=1)
         g = _seeded(config.seed, 7)
@@ -79,13 +99,8 @@ class BankValidator:
             desc, _ = model.aggregate_ragged(self.sets, device=device)
         finally:
             model.train(was_training)
-        scores = desc @ desc.T
-        iu = torch.triu_indices(len(desc), len(desc), offset=1)
-        pair_scores = scores[iu[0], iu[1]]
-        same = self.labels[iu[0]] == self.labels[iu[1]]
-        gen, imp = pair_scores[same], pair_scores[~same]
         fars = sorted(set(self.config.fars) | {self.config.select_far})
-        return {far_key(f): tar_at_far_strict(gen, imp, f) for f in fars}
+        return pairwise_tar_at_far(desc, self.labels, fars)
 
 
 class ProtocolValidator:
@@ -103,7 +118,7 @@ class ProtocolValidator:
         from facecoreset_plugin import load_protocol
 
         self.protocol = protocol
-        self.metric = far_key(select_far)
+        self.metric = metric_name(select_far)
         self.select_far = select_far
         runner = load_protocol(protocol, **(protocol_kwargs or {}))
         self.data = runner.load(**(load_kwargs or {}))
@@ -125,7 +140,7 @@ class ProtocolValidator:
         out = {}
         for key, value in table.items():
             try:
-                out[far_key(float(key))] = float(value["tar"] if isinstance(value, dict) else value)
+                out[metric_name(float(key))] = float(value["tar"] if isinstance(value, dict) else value)
             except (TypeError, ValueError, KeyError):
                 continue
         if self.metric not in out:
