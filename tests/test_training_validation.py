@@ -25,7 +25,8 @@ def test_pairwise_strict_tar_matches_sklearn_at_every_attainable_far():
     ids, per, d = 10, 4, 6
     labels = torch.arange(ids).repeat_interleave(per)
     centres = torch.randn(ids, d, generator=g, dtype=torch.float64)
-    desc = torch.nn.functional.normalize(centres[labels] + 1.3 * torch.randn(ids * per, d, generator=g, dtype=torch.float64), dim=-1)
+    noise = torch.randn(ids * per, d, generator=g, dtype=torch.float64)
+    desc = torch.nn.functional.normalize(centres[labels] + 1.3 * noise, dim=-1)
     scores, same = [], []
     for i in range(len(desc)):
         for j in range(i + 1, len(desc)):
