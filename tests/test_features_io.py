@@ -152,3 +152,20 @@ def test_truncated_feature_files_name_the_file(tmp_path, suffix):
     cut.write_bytes(good.read_bytes()[: good.stat().st_size - 9])
     with pytest.raises(InputError, match=rf"cut\{suffix}: not a readable \{suffix} file"):
         read_features(cut)
+
+
+def test_flipped_bytes_in_an_npz_are_detected(tmp_path):
+    import numpy as np
+    import pytest
+
+    from eval_protocols.features_io import read_array_file
+    from facecoreset_plugin.errors import InputError
+
+    path = tmp_path / "f.npz"
+    np.savez(path, img_feats=np.ones((50, 8), np.float32))
+    raw = bytearray(path.read_bytes())
+    at = raw.index(np.ones(8, np.float32).tobytes()) + 100  # inside the array data
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="CRC mismatch"):
+        read_array_file(path)
