@@ -36,3 +36,18 @@ def test_extract_command_user_errors(tmp_path, capsys):
     assert main(base + ["--checkpoint", str(tmp_path / "missing.ckpt"), "--protocol", "ijbc",
                         "--data-root", str(tmp_path / "nowhere")]) == 2
     assert "ijbc_name_5pts_score.txt not found" in capsys.readouterr().err
+
+
+def test_extract_command_device_and_worker_errors_are_one_line(tmp_path, capsys):
+    data = make_ijb(tmp_path / "data", n=4)
+    torch.save(ir_18().state_dict(), tmp_path / "ir18.pt")
+    base = ["extract", "--protocol", "ijbc", "--data-root", str(data), "--backbone", "ir_18", "--checkpoint",
+            str(tmp_path / "ir18.pt"), "--output", str(tmp_path / "f.npz"), "--no-progress", "--batch-size", "2"]
+    assert main(base + ["--workers", "0", "--device", "cuda:abc"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--device 'cuda:abc' is not a device" in err and len(err.splitlines()) == 1
+    (data / "IJBC" / "loose_crop" / "3.png").unlink()
+    assert main(base + ["--workers", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.endswith(f"image {data / 'IJBC' / 'loose_crop' / '3.png'} listed in the 5pts file is missing")

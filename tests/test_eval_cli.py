@@ -31,6 +31,8 @@ def test_synthetic_default_end_to_end(tmp_path, capsys):
         assert doc["checkpoints"]["coreset_attention"].endswith("coreset_attention_synthetic.ckpt")
     stdout = capsys.readouterr().out
     assert "quality_weighted" in stdout and "results.json" in stdout
+    assert (out / "scores.npz").is_file()
+    assert not (out / "roc.png").exists() and not (out / "dir.png").exists()  # --no-plots
 
 
 def test_ijbc_with_features(tree, tmp_path):
@@ -44,6 +46,7 @@ def test_ijbc_with_features(tree, tmp_path):
     rc = main(["eval", "--protocol", "ijbc", "--data-root", str(root), "--features", str(feats), "--output",
                str(tmp_path / "all"), "--no-progress", "--no-plots"])
     assert rc == 0
+    assert not (tmp_path / "all" / "roc.png").exists() and not (tmp_path / "all" / "dir.png").exists()
     names = set(json.loads((tmp_path / "all" / "results.json").read_text())["aggregators"])
     assert {"mean", "quality_weighted", "media_fusion"} <= names and "coreset_attention" not in names
     assert set(doc["aggregators"]["mean"]["identification"]) == {"G1", "G2", "mean"}
@@ -101,6 +104,11 @@ def test_cuda_unavailable_is_a_user_error(capsys):
     assert "CUDA is not available" in _error_line(capsys)
 
 
+def test_malformed_device_is_a_user_error(capsys):
+    assert main(["eval", "--preset", "tiny", "--device", "cuda:abc", "--no-progress"]) == 2
+    assert "--device 'cuda:abc' is not a device" in _error_line(capsys)
+
+
 def test_parse_checkpoints(tmp_path):
     assert parse_checkpoints(["a=x.ckpt,b=y.ckpt", "bb.pt"]) == ({"a": "x.ckpt", "b": "y.ckpt"}, "bb.pt")
     weird = tmp_path / "w=1.pt"
@@ -129,8 +137,19 @@ def test_backbone_extraction_then_eval(tmp_path, capsys):
     (meta / "ijbc_face_tid_mid.txt").write_text("\n".join(tid_mid) + "\n")
     (meta / "ijbc_template_pair_label.txt").write_text("10 11 1\n10 12 0\n10 13 0\n11 12 0\n11 13 1\n12 13 0\n")
     out = tmp_path / "out"
-    rc = main(["eval", "--protocol", "ijbc", "--data-root", str(tmp_path), "--backbone", "ir_18",
-               "--aggregators", "mean", "--output", str(out), "--no-progress", "--no-plots", "--batch-size", "4"])
+    base = ["eval", "--protocol", "ijbc", "--data-root", str(tmp_path), "--backbone", "ir_18",
+            "--aggregators", "mean", "--output", str(out), "--no-progress", "--no-plots", "--batch-size", "4"]
+    # random backbone weights are refused, as by `facecoreset extract`
+    assert main(base) == 2
+    assert "--backbone ir_18 has no weights: pass --checkpoint PATH" in _error_line(capsys)
+    assert not out.exists()
+    import torch
+
+    from facecoreset_plugin.backbones.iresnet import ir_18
+
+    torch.manual_seed(0)
+    torch.save(ir_18().state_dict(), tmp_path / "ir18.pt")
+    rc = main(base + ["--checkpoint", str(tmp_path / "ir18.pt")])
     assert rc == 0, capsys.readouterr().err
     assert (out / "features_ir_18.npz").is_file()
     doc = json.loads((out / "results.json").read_text())

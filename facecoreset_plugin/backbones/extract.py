@@ -5,7 +5,8 @@ to ``<output>.parts/``, so a rerun after an interruption skips it. Under ``torch
 are shared round-robin among the ranks and rank 0 merges after a barrier. The final file holds
 ``img_feats`` float32 [M,D] (unit rows, 5pts-file order), ``norms`` float32 [M,1] and
 ``faceness_scores`` float32 [M]; a sidecar ``<output>.extract.json`` records how it was made so a
-matching rerun returns it at once (the cache ``facecoreset eval --backbone`` relies on).
+matching rerun returns it at once (the cache ``facecoreset eval --backbone`` relies on; the record names
+the resolved data root and the 5pts file's size and mtime, so other data are never served from it).
 """
 
 from __future__ import annotations
@@ -297,8 +298,9 @@ def _run_chunks(images: Any, bounds: list[tuple[int, int]], pending: list[int], 
     start, end = bounds[queue[0]]
     rows: list[np.ndarray] = []
     filled = 0
+    batches = iter(loader)
     try:
-        for idx, raw in _iter_batches(iter(loader), net, dev, flip, amp):
+        for idx, raw in _iter_batches(batches, net, dev, flip, amp):
             if idx[0] != start + filled:
                 raise RuntimeError(f"internal: batch starts at {idx[0]}, expected {start + filled}")
             rows.append(raw)
@@ -320,6 +322,8 @@ def _run_chunks(images: Any, bounds: list[tuple[int, int]], pending: list[int], 
         raise type(exc)(message) from None
     finally:
         bar.close()
+        # stop the workers now: left to garbage collection after an error, their shutdown stalls ~5 s each
+        getattr(batches, "_shutdown_workers", lambda: None)()
 
 
 def _init_distributed(dev: torch.device) -> Any:
