@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["overlay_config", "config_to_dict"]
+__all__ = ["overlay_config"]
 
 import dataclasses
 from typing import Any, TypeVar
@@ -32,7 +32,3 @@ def overlay_config(base: C, owner: str, **overrides: Any) -> C:
         )
     return dataclasses.replace(base, **overrides)
 
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """Plain-dict view of a dataclass config (for checkpoints and reports)."""
-    return dataclasses.asdict(config)

@@ -151,10 +151,6 @@ def _fingerprint(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
 def train(model: nn.Module, bank: FeatureBank, output: str | Path, config: TrainConfig = TrainConfig(),
           validator: Validator | None = None, device: str | torch.device = "cpu", resume: bool = True,
           progress: bool = True, extra: dict[str, Any] | None = None) -> TrainResult:
@@ -222,7 +218,7 @@ def _train(model: nn.Module, bank: FeatureBank, output: Path, cfg: TrainConfig, 
 
     def save(path: Path, step: int) -> None:
         payload = {**extra, "step": step, "best_step": state["best_step"], "best_metric": state["best_metric"],
-                   "metric": metric, "history": state["history"], "run": run_key, "train_config": _config_dict(cfg),
+                   "metric": metric, "history": state["history"], "run": run_key, "train_config": dataclasses.asdict(cfg),
                    "optimizer": optimizer.state_dict(), "head": head.state_dict()}
         save_checkpoint(model, path, payload)
 
