@@ -27,8 +27,8 @@ class _PoolingAggregator(Aggregator):
         return self.reduce(features[rows], norms[rows], rows[0], features.shape[0], pick(media), pick(faceness))
 
     @torch.no_grad()
-    def aggregate_ragged(self, sets: RaggedSets, max_elements: int = 65536, device=None):
-        """Segment reduction over the flat rows (no padding at all)."""
+    def aggregate_ragged(self, sets: RaggedSets, max_elements: int = 65536, device=None, workers=None):
+        """Segment reduction over the flat rows (no padding, no buckets: ``workers`` unused)."""
         if self.validate_args:
             sets.validate()
         device = torch.device(device) if device is not None else torch.device("cpu")

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["Aggregator", "EmptyConfig", "validate_set_batch"]
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar
 
 import torch
@@ -114,23 +115,53 @@ class Aggregator(nn.Module):
 
     @torch.no_grad()
     def aggregate_ragged(self, sets: RaggedSets, max_elements: int = 65536,
-                         device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+                         device: torch.device | str | None = None,
+                         workers: int | None = None) -> tuple[Tensor, Tensor]:
         """Descriptors ``[S,D]`` and norms ``[S]`` of every set of ``sets``, in set order.
 
         The default validates the flat rows once (when ``validate_args``), then aggregates
         size-bucketed padded batches; the result lives on CPU in float32.
+
+        Args:
+            sets: the ragged sets.
+            max_elements: padded elements per bucket (batch x width).
+            device: where to compute (default: the module's device).
+            workers: on CPU, buckets run on this many threads at once, each op single-threaded
+                (small per-bucket ops scale poorly inside one op); default
+                ``torch.get_num_threads()``. Torch's thread count is set to 1 for the duration
+                of the call. Ignored (1) on CUDA and under autocast.
         """
         if self.validate_args:
             sets.validate()
         device = torch.device(device) if device is not None else _module_device(self)
         out = torch.empty(sets.num_sets, sets.features.shape[1], dtype=torch.float32)
         out_norms = torch.empty(sets.num_sets, dtype=torch.float32)
-        for idx in sets.buckets(max_elements=max_elements):
-            batch = sets.padded(idx).to(device)
-            desc, norm = _normalize(self.aggregate(batch.features, batch.norms, batch.mask, batch.media,
-                                                   batch.faceness))
-            out[idx] = desc.float().cpu()
-            out_norms[idx] = norm.float().cpu()
+        buckets = list(sets.buckets(max_elements=max_elements))
+
+        inference = torch.is_inference_mode_enabled()
+
+        def run(idx: Tensor) -> None:
+            with torch.inference_mode(inference), torch.no_grad():  # both modes are per thread
+                batch = sets.padded(idx).to(device)
+                desc, norm = _normalize(self.aggregate(batch.features, batch.norms, batch.mask, batch.media,
+                                                       batch.faceness))
+                out[idx] = desc.float().cpu()
+                out_norms[idx] = norm.float().cpu()
+
+        if workers is None:
+            workers = torch.get_num_threads()
+        if device.type != "cpu" or torch.is_autocast_enabled("cpu") or min(workers, len(buckets)) <= 1:
+            for idx in buckets:
+                run(idx)
+            return out, out_norms
+        buckets.sort(key=lambda idx: -int(sets.sizes[idx].sum()))  # largest first: workers end together
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(min(workers, len(buckets))) as pool:
+                list(pool.map(run, buckets))
+        finally:
+            torch.set_num_threads(before)
         return out, out_norms
 
     def extra_repr(self) -> str:

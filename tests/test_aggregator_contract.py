@@ -103,3 +103,21 @@ def test_ragged_input_is_validated_once_with_clear_errors(aggregator):
         aggregator.aggregate_ragged(RaggedSets(bad, n, torch.tensor([0, 2, 5])))
     with pytest.raises(InputError, match=r"norms must be >= 0; negative at flat rows \[0\]"):
         aggregator.aggregate_ragged(RaggedSets(f, n * torch.tensor([-1.0, 1, 1, 1, 1]), torch.tensor([0, 2, 5])))
+
+
+def test_threaded_buckets_match_serial_and_restore_torch_threads(aggregator, make_sets):
+    sizes = [1, 2, 3, 5, 8, 13, 21, 34, 55, 89]
+    f, n, m, media, fc = make_sets(sizes, dim=DIM, seed=5)
+    rows = m.nonzero(as_tuple=True)
+    ids = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+    sets = RaggedSets.from_template_ids(f[rows], n[rows], ids, media[rows], fc[rows])
+    assert len(list(sets.buckets())) > 2  # several buckets, so the pool really runs
+    threads = torch.get_num_threads()
+    serial, serial_norms = aggregator.aggregate_ragged(sets, workers=1)
+    pooled, pooled_norms = aggregator.aggregate_ragged(sets, workers=3)
+    assert torch.get_num_threads() == threads
+    torch.testing.assert_close(pooled, serial, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pooled_norms, serial_norms, rtol=1e-5, atol=1e-4)
+    with torch.inference_mode():  # the runner's mode reaches the worker threads
+        inferred, _ = aggregator.aggregate_ragged(sets, workers=3)
+    torch.testing.assert_close(inferred, serial, rtol=1e-5, atol=1e-5)
