@@ -32,16 +32,21 @@ def _model(cls=CoresetAttentionAggregator, seed=0, **cfg):
 
 # -- faithfulness -------------------------------------------------------------------------
 
-def test_eval_forward_matches_the_official_reference_per_set(make_sets):
-    sizes = [1, 2, 3, 4, 50, 500]
-    model = _model()
-    ref = OfficialCoresetReference.from_aggregator(model)
-    f, n, m, _, _ = make_sets(sizes, dim=512, seed=11)
+
+def _assert_matches_reference(model, ref, batch, sizes):
+    """Batched descriptors and norms equal the per-set reference's (batch 1, no padding)."""
+    f, n, m, _, _ = batch
     unit, norm = model.embed(f, n, m)
     for b, size in enumerate(sizes):
         want, want_norm = ref(f[b:b + 1, :size], n[b:b + 1, :size])
         torch.testing.assert_close(unit[b:b + 1], want, rtol=0, atol=2e-6)
         torch.testing.assert_close(norm[b:b + 1], want_norm, rtol=2e-6, atol=0)
+
+def test_eval_forward_matches_the_official_reference_per_set(make_sets):
+    sizes = [1, 2, 3, 4, 50, 500]
+    model = _model()
+    ref = OfficialCoresetReference.from_aggregator(model)
+    _assert_matches_reference(model, ref, make_sets(sizes, dim=512, seed=11), sizes)
 
 
 def test_fps_ablation_is_the_mean_of_the_reference_picks(make_sets):
@@ -239,12 +244,7 @@ def test_official_checkpoint_reproduces_the_official_forward_without_running_its
     assert not marker.exists()
     assert model.config.dim == 512 and model.config.K == 3 and not model.training
     sizes = [1, 2, 3, 4, 80]
-    f, n, m, _, _ = make_sets(sizes, dim=512, seed=22)
-    unit, norm = model.embed(f, n, m)
-    for b, size in enumerate(sizes):
-        want, want_norm = official_ref(f[b:b + 1, :size], n[b:b + 1, :size])
-        torch.testing.assert_close(unit[b:b + 1], want, rtol=0, atol=2e-6)
-        torch.testing.assert_close(norm[b:b + 1], want_norm, rtol=2e-6, atol=0)
+    _assert_matches_reference(model, official_ref, make_sets(sizes, dim=512, seed=22), sizes)
     fps = load("coreset_fps", checkpoint=str(path))
     assert fps.gamma.item() == official_ref.gamma.item() and not marker.exists()
     # the payload is real: an unsafe load runs it (so the assertions above can fail)
