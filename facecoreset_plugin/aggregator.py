@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .batching import RaggedSets
+from .batching import RaggedSets, nonfinite_rows
 from .config import overlay_config
 from .errors import InputError
 
@@ -51,13 +51,9 @@ def validate_set_batch(features: Tensor, norms: Tensor, mask: Tensor | None, med
     if n == 0 or not bool(mask.any(dim=1).all()):
         empty = [] if n == 0 else torch.nonzero(~mask.any(dim=1)).flatten().tolist()[:10]
         raise InputError(f"every set needs at least one real element; empty sets at batch rows {empty or 'all'}")
-    # fast path: one reduction per row; the exact (masked) check only when something is off,
-    # since padding may legitimately hold anything
-    row_ok = torch.isfinite(features.sum(-1)) & torch.isfinite(norms)
-    if not bool((row_ok | ~mask).all()):
-        bad = (~torch.isfinite(features).all(-1) | ~torch.isfinite(norms)) & mask
-        if bool(bad.any()):  # (a row sum can overflow in half precision without a bad value)
-            raise InputError(f"NaN or Inf in features/norms at (set, element) {torch.nonzero(bad)[:10].tolist()}")
+    bad = nonfinite_rows(features, norms, mask)
+    if len(bad):
+        raise InputError(f"NaN or Inf in features/norms at (set, element) {bad[:10].tolist()}")
     if bool(((norms < 0) & mask).any()):
         raise InputError(f"norms must be >= 0; negative at (set, element) {torch.nonzero((norms < 0) & mask)[:10].tolist()}")
     if faceness is not None and not bool((torch.isfinite(faceness) | ~mask).all()):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["RaggedSets", "FaceSetBatch", "segment_ids_from_offsets"]
+__all__ = ["RaggedSets", "FaceSetBatch", "segment_ids_from_offsets", "nonfinite_rows"]
 
 from dataclasses import dataclass
 from typing import Iterator
@@ -33,6 +33,19 @@ class FaceSetBatch:
         """Keyword arguments for ``Aggregator.__call__``."""
         return {"features": self.features, "norms": self.norms, "mask": self.mask,
                 "media": self.media, "faceness": self.faceness}
+
+
+def nonfinite_rows(features: Tensor, norms: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Indices (``nonzero`` rows) of real elements with NaN/Inf in their feature row or norm.
+
+    Works for flat ``[M,D]``/``[M]`` and padded ``[B,N,D]``/``[B,N]`` input (padding, where
+    ``~mask``, may hold anything). One reduction per row first; the exact per-value check runs
+    only when that finds something (a row sum can overflow in half precision).
+    """
+    real = torch.ones_like(norms, dtype=torch.bool) if mask is None else mask
+    if bool((torch.isfinite(features.sum(-1)) & torch.isfinite(norms) | ~real).all()):
+        return torch.empty(0, norms.dim(), dtype=torch.int64)
+    return torch.nonzero((~torch.isfinite(features).all(-1) | ~torch.isfinite(norms)) & real)
 
 
 def segment_ids_from_offsets(offsets: Tensor) -> Tensor:
@@ -90,12 +103,10 @@ class RaggedSets:
         empty = torch.nonzero(self.sizes == 0).flatten()
         if len(empty):
             raise InputError(f"every set needs at least one element; empty sets at positions {empty[:10].tolist()}")
-        # fast path: one reduction per row; the exact check only on suspicion
-        if not bool(torch.isfinite(self.features.sum(-1)).all()) or not bool(torch.isfinite(self.norms).all()):
-            bad = torch.nonzero(~torch.isfinite(self.features).all(-1) | ~torch.isfinite(self.norms)).flatten()
-            if len(bad):
-                raise InputError(f"NaN or Inf in features/norms at flat rows {bad[:10].tolist()} "
-                                 "(rows grouped by set); check the feature file")
+        bad = nonfinite_rows(self.features, self.norms).flatten()
+        if len(bad):
+            raise InputError(f"NaN or Inf in features/norms at flat rows {bad[:10].tolist()} "
+                             "(rows grouped by set); check the feature file")
         negative = torch.nonzero(self.norms < 0).flatten()
         if len(negative):
             raise InputError(f"norms must be >= 0; negative at flat rows {negative[:10].tolist()}")
